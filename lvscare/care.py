@@ -1,0 +1,81 @@
+"""``lvscare care`` one-shot actions: program the rules (``--run-once``) and remove them (``-C``).
+
+The long-running daemon (``daemon.py``) uses the same ``reconcile``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import structlog
+
+from lvscare.config import Config
+from lvscare.errors import KernelError
+from lvscare.ipvs import IPVS, describe_op
+from lvscare.plan import Op, ServiceKey, Table, desired_table, diff, service_key
+from lvscare.vip import Access, ensure_sysctls
+
+log = structlog.get_logger("lvscare")
+
+ATTEMPTS = 3
+
+
+async def reconcile(ipvs: IPVS, desired: Table, owned: Iterable[ServiceKey]) -> list[Op]:
+    """Bring the owned services to ``desired``; return the operations that were applied.
+
+    If someone changes the table between our read and our write (an operation fails with EEXIST
+    or ESRCH), read again and re-plan; give up after a few rounds with the kernel's reason.
+    """
+    owned = set(owned)
+    applied: list[Op] = []
+    for _ in range(ATTEMPTS):
+        kernel = await ipvs.read(owned | set(desired))
+        ops = diff(desired, kernel, owned)
+        if not ops:
+            return applied
+        result = await ipvs.apply(ops)
+        applied += result.applied
+        for op in result.applied:
+            log.debug("ipvs", change=describe_op(op))
+        if not result.failed:
+            return applied
+        for failure in result.failed:
+            log.warning("ipvs change failed", change=str(failure))
+    failure = result.failed[0]
+    raise KernelError(f"cannot {failure}", failure.errno)
+
+
+async def run_once(cfg: Config) -> list[Op]:
+    """Create the virtual servers with every real server at its configured weight, then exit."""
+    async with IPVS() as ipvs:
+        changed = ensure_sysctls({vs.mode for vs in cfg.virtual_servers})
+        if changed:
+            log.info("sysctls set", names=changed)
+        keys = [service_key(vs) for vs in cfg.virtual_servers]
+        ops = await reconcile(ipvs, desired_table(cfg.virtual_servers), keys)
+        async with Access(cfg.iface, cfg.ip) as access:
+            for vs in cfg.virtual_servers:
+                await access.ensure(vs)
+    for vs in cfg.virtual_servers:
+        log.info("virtual server ready", vs=str(vs.endpoint), mode=vs.mode,
+                 real_servers=[str(rs.endpoint) for rs in vs.real_servers],
+                 changes=sum(1 for op in ops if _touches(op, service_key(vs))))
+    return ops
+
+
+async def clean(cfg: Config) -> list[Op]:
+    """Delete our virtual servers and what their mode created; nothing else."""
+    async with IPVS() as ipvs:
+        keys = [service_key(vs) for vs in cfg.virtual_servers]
+        ops = await reconcile(ipvs, {}, keys)
+        async with Access(cfg.iface, cfg.ip) as access:
+            for vs in cfg.virtual_servers:
+                removed = await access.remove(vs)
+                log.info("virtual server removed", vs=str(vs.endpoint),
+                         ipvs=any(_touches(op, service_key(vs)) for op in ops), access=removed)
+    return ops
+
+
+def _touches(op: Op, key: ServiceKey) -> bool:
+    return getattr(op, "key", None) == key or getattr(getattr(op, "service", None), "key",
+                                                      None) == key

@@ -1,0 +1,163 @@
+"""Command line: ``lvscare care``, ``lvscare version`` and friends. Exit codes: 0 ok, 2 bad input,
+1 kernel or runtime failure."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any, NoReturn
+
+import structlog
+
+from lvscare import __version__, log
+from lvscare.config import SETTINGS, Config, build_config
+from lvscare.errors import KernelError, UserError
+
+HELP = {
+    "interval": "time between health checks and reconciles: 5, 5s, 500ms (default 1s)",
+    "iface": "dummy interface that holds the VIP in link mode (default lvscare)",
+    "ip": "node address used as the VIP route's source in route mode "
+          "(default: source of the node's route to the first real server)",
+    "clean-on-exit": "remove the rules when the daemon stops (default false: keep serving)",
+    "all-down": "when every real server fails: keep the last healthy ones (default) or empty",
+    "drain-period": "weight 0 for this long before deleting a real server that answers badly",
+    "metrics-address": "address:port for /metrics, /healthz and /status; 'off' disables",
+    "scheduler": "IPVS scheduler: rr (default), wrr, lc, wlc, sh, dh, ...",
+    "mode": "how node-local clients reach the VIP: route (default), link, none",
+    "health-type": "http (default) or tcp (connect only)",
+    "health-path": "probe path (default /healthz)",
+    "health-schem": "probe scheme: https (default) or http",
+    "health-req-method": "probe method (default GET)",
+    "health-req-headers": "probe headers, k=v[,k=v]",
+    "health-req-body": "probe body",
+    "health-status": "extra HTTP status codes (>= 400) that count as healthy, e.g. 401",
+    "health-insecure-skip-verify": "do not verify the apiserver certificate (default true)",
+    "health-timeout": "hard timeout of one probe (default 1s)",
+    "health-ca": "CA bundle to verify apiserver certificates",
+    "health-cert": "client certificate for probes",
+    "health-key": "client key for probes",
+    "rise": "successes before a real server is put back (default 2)",
+    "fall": "failures before a real server is taken out (default 2)",
+}
+BOOL_FLAGS = {"clean-on-exit", "health-insecure-skip-verify"}
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        # One line, exit 2, like every other input error.
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def _add_care_flags(p: argparse.ArgumentParser) -> None:
+    s = argparse.SUPPRESS
+    p.add_argument("--vs", default=s, help="virtual server address:port, e.g. 10.103.97.2:6443")
+    p.add_argument("--rs", action="append", default=s,
+                   help="real server address:port; repeat or comma-separate")
+    p.add_argument("--config", default=s, help="YAML file of virtual servers (docs/config.md)")
+    p.add_argument("--run-once", dest="run-once", nargs="?", const="true", default=s,
+                   help="create the rules and exit, no health checks")
+    p.add_argument("-C", "--clean", nargs="?", const="true", default=s,
+                   help="remove the virtual server and what its mode created, then exit")
+    p.add_argument("--logger", default=s, help="INFO (default) or DEBG, as Go lvscare")
+    p.add_argument("--log-level", dest="log-level", default=s, help="debug, info (default), warning, error")
+    p.add_argument("--log-format", dest="log-format", default=s, help="auto (default), json or console")
+    for setting in SETTINGS:
+        kwargs: dict[str, Any] = {"default": s, "help": HELP.get(setting.flag)}
+        if setting.flag in BOOL_FLAGS:
+            kwargs.update(nargs="?", const="true")
+        names = ["--" + setting.flag]
+        if setting.flag == "iface":
+            names.insert(0, "-i")
+        if setting.flag == "health-schem":
+            names.append("--health-scheme")
+        if setting.flag == "health-status":
+            kwargs["action"] = "append"
+        p.add_argument(*names, dest=setting.flag, **kwargs)
+    # Accepted so that Go lvscare command lines keep working; link mode here marks nothing.
+    p.add_argument("--masqueradebit", default=s, help=argparse.SUPPRESS)
+
+
+def make_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="lvscare", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    care = sub.add_parser("care", help="program and health-check an IPVS virtual server")
+    _add_care_flags(care)
+    version = sub.add_parser("version", help="print the version")
+    version.add_argument("--short", action="store_true")
+    return parser
+
+
+def load_config(values: dict[str, Any], env: dict[str, str]) -> Config:
+    values = dict(values)
+    values.pop("masqueradebit", None)
+    path = values.pop("config", None) or env.get("CARE_CONFIG")
+    text = None
+    if path:
+        try:
+            with open(path, encoding="utf-8") as fh:
+                text = fh.read()
+        except OSError as exc:
+            raise UserError(f"--config {path}: {exc.strerror}") from None
+    return build_config(values, env, text, path or "config")
+
+
+def version_info() -> dict[str, str]:
+    import pyroute2
+
+    return {
+        "gitVersion": f"v{__version__}",
+        "pythonVersion": platform.python_version(),
+        "pyroute2Version": getattr(pyroute2, "__version__", "unknown"),
+        "platform": f"{sys.platform}/{platform.machine()}",
+    }
+
+
+def cmd_version(args: argparse.Namespace) -> int:
+    if args.short:
+        print(f"v{__version__}")
+    else:
+        print(json.dumps(version_info(), indent=2))
+    return 0
+
+
+def cmd_care(args: argparse.Namespace) -> int:
+    values = {k: v for k, v in vars(args).items() if k != "command"}
+    cfg = load_config(values, dict(os.environ))
+    log.configure(cfg.log_level, cfg.log_format)
+    from lvscare import care
+
+    if cfg.clean:
+        asyncio.run(care.clean(cfg))
+        return 0
+    if cfg.run_once:
+        asyncio.run(care.run_once(cfg))
+        return 0
+    from lvscare import daemon
+
+    return daemon.run(cfg)
+
+
+COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "care": cmd_care,
+    "version": cmd_version,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = make_parser()
+    args = parser.parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except UserError as exc:
+        print(f"lvscare: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KernelError as exc:
+        structlog.get_logger("lvscare").error("failed", error=str(exc))
+        return exc.exit_code
+    except KeyboardInterrupt:
+        return 130

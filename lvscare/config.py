@@ -1,0 +1,541 @@
+"""The configuration model and everything that turns user input into it.
+
+One model serves flags, ``CARE_*`` environment variables and a YAML file. Precedence, highest first:
+command-line flag, environment variable, YAML file, built-in default. Every check that can fail on
+user input runs here, so that a bad value stops the program before anything in the kernel changes.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import socket
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any, Literal
+
+import yaml
+
+from lvscare.errors import UserError
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+SCHEDULERS = ("rr", "wrr", "lc", "wlc", "lblc", "lblcr", "dh", "sh", "sed", "nq", "fo", "ovf", "mh")
+MODES = ("route", "link", "none")
+HEALTH_TYPES = ("http", "tcp")
+ALL_DOWN = ("keep", "empty")
+DEFAULT_VS = "10.103.97.2:6443"
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """An IP address and a TCP port, written ``1.2.3.4:6443`` or ``[fd00::1]:6443``."""
+
+    ip: IPAddress
+    port: int
+
+    def __lt__(self, other: Endpoint) -> bool:
+        # ipaddress refuses to order IPv4 against IPv6; plans sort mixed tables.
+        return (self.ip.version, int(self.ip), self.port) < (
+            other.ip.version, int(other.ip), other.port)
+
+    @property
+    def family(self) -> int:
+        return socket.AF_INET if self.ip.version == 4 else socket.AF_INET6
+
+    def __str__(self) -> str:
+        return f"[{self.ip}]:{self.port}" if self.ip.version == 6 else f"{self.ip}:{self.port}"
+
+
+@dataclass(frozen=True)
+class RealServer:
+    endpoint: Endpoint
+    weight: int = 1
+
+
+@dataclass(frozen=True)
+class HealthCheck:
+    type: Literal["http", "tcp"] = "http"
+    path: str = "/healthz"
+    scheme: Literal["http", "https"] = "https"
+    method: str = "GET"
+    headers: tuple[tuple[str, str], ...] = ()
+    body: str = ""
+    status: frozenset[int] = frozenset()
+    insecure_skip_verify: bool = True
+    timeout: float = 1.0
+    ca: str | None = None
+    cert: str | None = None
+    key: str | None = None
+    rise: int = 2
+    fall: int = 2
+
+
+@dataclass(frozen=True)
+class VirtualServer:
+    endpoint: Endpoint
+    real_servers: tuple[RealServer, ...]
+    scheduler: str = "rr"
+    mode: Literal["route", "link", "none"] = "route"
+    health: HealthCheck = field(default_factory=HealthCheck)
+
+
+@dataclass(frozen=True)
+class Config:
+    virtual_servers: tuple[VirtualServer, ...]
+    interval: float = 1.0
+    iface: str = "lvscare"
+    ip: IPAddress | None = None
+    run_once: bool = False
+    clean: bool = False
+    clean_on_exit: bool = False
+    all_down: Literal["keep", "empty"] = "keep"
+    drain_period: float = 10.0
+    log_level: str = "info"
+    log_format: Literal["auto", "json", "console"] = "auto"
+    metrics_address: str = "127.0.0.1:9443"
+    config_file: str | None = None
+
+
+# ---------------------------------------------------------------------------------------------
+# Scalar parsers. Each raises UserError naming the bad value.
+
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ns|us|µs|ms|s|m|h)")
+_UNIT_SECONDS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def parse_duration(value: str | float | int, name: str = "duration") -> float:
+    """Seconds from ``5``, ``5s``, ``500ms``, ``1m30s`` (a bare number means seconds, as in Go lvscare)."""
+    if isinstance(value, bool):
+        raise UserError(f"{name}: {value!r} is not a duration (use 5, 5s or 500ms)")
+    if isinstance(value, int | float):
+        seconds = float(value)
+    else:
+        text = value.strip()
+        if re.fullmatch(r"\d+(?:\.\d+)?", text):
+            seconds = float(text)
+        else:
+            parts = _DURATION_PART.findall(text)
+            if not parts or "".join(n + u for n, u in parts) != text:
+                raise UserError(f"{name}: {value!r} is not a duration (use 5, 5s or 500ms)")
+            seconds = sum(float(n) * _UNIT_SECONDS[u] for n, u in parts)
+    if seconds < 0:
+        raise UserError(f"{name}: {value!r} must not be negative")
+    return seconds
+
+
+def parse_bool(value: str | bool, name: str = "flag") -> bool:
+    if isinstance(value, bool):
+        return value
+    text = value.strip().lower()
+    if text in ("1", "t", "true", "yes", "y", "on"):
+        return True
+    if text in ("0", "f", "false", "no", "n", "off"):
+        return False
+    raise UserError(f"{name}: {value!r} is not a boolean (use true or false)")
+
+
+def parse_ip(value: str, name: str = "address") -> IPAddress:
+    text = value.strip()
+    if text.startswith("[") and text.endswith("]"):
+        text = text[1:-1]
+    try:
+        return ipaddress.ip_address(text)
+    except ValueError:
+        raise UserError(f"{name}: {value!r} is not an IP address") from None
+
+
+def parse_port(value: str | int, name: str, whole: str) -> int:
+    try:
+        port = int(value)
+    except (TypeError, ValueError):
+        raise UserError(f"{name}: {whole!r} has no valid port") from None
+    if not 1 <= port <= 65535:
+        raise UserError(f"{name}: port {port} in {whole!r} is out of range 1-65535")
+    return port
+
+
+def parse_endpoint(value: str, name: str = "address") -> Endpoint:
+    """``1.2.3.4:6443`` or ``[fd00::1]:6443``. Host names are refused: IPVS works on addresses."""
+    if not isinstance(value, str):
+        raise UserError(f"{name}: {value!r} is not an address:port string")
+    text = value.strip()
+    if text.startswith("["):
+        host, sep, port = text[1:].partition("]:")
+        if not sep:
+            raise UserError(f"{name}: {value!r} is not [IPv6]:port")
+    else:
+        if text.count(":") > 1:
+            raise UserError(f"{name}: {value!r} is an IPv6 address without brackets; write [addr]:port")
+        host, sep, port = text.rpartition(":")
+        if not sep:
+            raise UserError(f"{name}: {value!r} has no port (expected address:port)")
+    ip = parse_ip(host, name) if host else None
+    if ip is None:
+        raise UserError(f"{name}: {value!r} has no address")
+    if ip.is_unspecified or ip.is_multicast:
+        raise UserError(f"{name}: {value!r} is not a usable unicast address")
+    return Endpoint(ip, parse_port(port, name, value))
+
+
+def split_list(values: str | Sequence[str]) -> list[str]:
+    """Repeatable flags also take comma-separated values, as Go's string slices do."""
+    items = [values] if isinstance(values, str) else list(values)
+    return [part.strip() for item in items for part in str(item).split(",") if part.strip()]
+
+
+def parse_headers(values: str | Sequence[str] | Mapping[str, Any], name: str) -> tuple[tuple[str, str], ...]:
+    """``k=v`` pairs (comma-separated, as Go's stringToString); a value ``v1,v2`` stays one header."""
+    if isinstance(values, Mapping):
+        return tuple((str(k), str(v)) for k, v in values.items())
+    pairs: list[tuple[str, str]] = []
+    items = [values] if isinstance(values, str) else list(values)
+    for item in items:
+        for part in re.split(r",(?=[^,=]+=)", item):
+            key, sep, val = part.partition("=")
+            if not sep or not key.strip():
+                raise UserError(f"{name}: {part!r} is not key=value")
+            pairs.append((key.strip(), val.strip()))
+    return tuple(pairs)
+
+
+def parse_status_codes(values: str | int | Sequence[str | int], name: str) -> frozenset[int]:
+    items = [values] if isinstance(values, str | int) else list(values)
+    codes: set[int] = set()
+    for raw in split_list([str(v) for v in items]):
+        try:
+            code = int(raw)
+        except ValueError:
+            raise UserError(f"{name}: {raw!r} is not an HTTP status code") from None
+        if not 100 <= code <= 599:
+            raise UserError(f"{name}: {code} is not an HTTP status code (100-599)")
+        codes.add(code)
+    return frozenset(codes)
+
+
+def parse_positive_int(value: str | int, name: str, minimum: int = 1) -> int:
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        raise UserError(f"{name}: {value!r} is not a whole number") from None
+    if number < minimum:
+        raise UserError(f"{name}: {number} must be at least {minimum}")
+    return number
+
+
+def parse_choice(value: str, name: str, choices: Sequence[str]) -> str:
+    if value not in choices:
+        raise UserError(f"{name}: {value!r} is not one of {', '.join(choices)}")
+    return value
+
+
+def parse_mode(value: str, name: str = "--mode") -> str:
+    # Go lvscare spells "IPVS only" as an empty --mode.
+    return parse_choice(value.strip() or "none", name, MODES)
+
+
+def parse_real_server(value: str | Mapping[str, Any], name: str) -> RealServer:
+    if isinstance(value, Mapping):
+        _check_keys(value, {"address", "weight"}, name)
+        if "address" not in value:
+            raise UserError(f"{name}: a real server needs 'address'")
+        weight = parse_positive_int(value.get("weight", 1), f"{name}.weight", minimum=0)
+        if weight > 65535:
+            raise UserError(f"{name}.weight: {weight} is above 65535")
+        return RealServer(parse_endpoint(value["address"], name), weight)
+    return RealServer(parse_endpoint(value, name))
+
+
+# ---------------------------------------------------------------------------------------------
+# Settings: one table maps every flag to its YAML key and parser.
+
+Parser = Any  # (raw value, display name) -> parsed value
+
+
+@dataclass(frozen=True)
+class Setting:
+    flag: str  # long flag without dashes, e.g. "health-path"; env is CARE_HEALTH_PATH
+    key: str  # attribute of Config, VirtualServer or HealthCheck
+    scope: Literal["config", "vs", "health"]
+    parse: Parser
+    yaml_key: str | None = None  # camelCase key in the YAML file, None if flag-only
+
+
+def _dur(value: Any, name: str) -> float:
+    return parse_duration(value, name)
+
+
+def _timeout(value: Any, name: str) -> float:
+    seconds = parse_duration(value, name)
+    if seconds <= 0:
+        raise UserError(f"{name}: {value!r} must be more than zero")
+    return seconds
+
+
+def _path(value: Any, name: str) -> str:
+    text = str(value)
+    return text if text.startswith("/") else "/" + text
+
+
+def _file(value: Any, name: str) -> str:
+    text = str(value)
+    if not text:
+        raise UserError(f"{name}: empty path")
+    return text
+
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting("interval", "interval", "config", _timeout, "interval"),
+    Setting("iface", "iface", "config", lambda v, n: _iface(v, n), "iface"),
+    Setting("ip", "ip", "config", lambda v, n: parse_ip(str(v), n), "ip"),
+    Setting("clean-on-exit", "clean_on_exit", "config", parse_bool, "cleanOnExit"),
+    Setting("all-down", "all_down", "config", lambda v, n: parse_choice(v, n, ALL_DOWN), "allDown"),
+    Setting("drain-period", "drain_period", "config", _dur, "drainPeriod"),
+    Setting("metrics-address", "metrics_address", "config", lambda v, n: _listen(v, n),
+            "metricsAddress"),
+    Setting("scheduler", "scheduler", "vs", lambda v, n: parse_choice(v, n, SCHEDULERS), "scheduler"),
+    Setting("mode", "mode", "vs", lambda v, n: parse_mode(str(v), n), "mode"),
+    Setting("health-type", "type", "health", lambda v, n: parse_choice(v, n, HEALTH_TYPES), "type"),
+    Setting("health-path", "path", "health", _path, "path"),
+    Setting("health-schem", "scheme", "health", lambda v, n: parse_choice(v, n, ("http", "https")),
+            "scheme"),
+    Setting("health-req-method", "method", "health", lambda v, n: str(v).upper(), "method"),
+    Setting("health-req-headers", "headers", "health", parse_headers, "headers"),
+    Setting("health-req-body", "body", "health", lambda v, n: str(v), "body"),
+    Setting("health-status", "status", "health", parse_status_codes, "status"),
+    Setting("health-insecure-skip-verify", "insecure_skip_verify", "health", parse_bool,
+            "insecureSkipVerify"),
+    Setting("health-timeout", "timeout", "health", _timeout, "timeout"),
+    Setting("health-ca", "ca", "health", _file, "ca"),
+    Setting("health-cert", "cert", "health", _file, "cert"),
+    Setting("health-key", "key", "health", _file, "key"),
+    Setting("rise", "rise", "health", parse_positive_int, "rise"),
+    Setting("fall", "fall", "health", parse_positive_int, "fall"),
+)
+SETTINGS_BY_FLAG = {s.flag: s for s in SETTINGS}
+ENV_ALIASES = {"health-schem": ("health-scheme",)}
+
+
+def _iface(value: Any, name: str) -> str:
+    text = str(value)
+    if not re.fullmatch(r"[A-Za-z0-9_.\-]{1,15}", text):
+        raise UserError(f"{name}: {text!r} is not a valid interface name (1-15 of A-Z a-z 0-9 _ . -)")
+    return text
+
+
+def _listen(value: Any, name: str) -> str:
+    text = str(value).strip()
+    if text in ("", "off", "none"):
+        return ""
+    endpoint = parse_endpoint(text, name) if not text.startswith(":") else None
+    if endpoint is None:
+        parse_port(text[1:], name, text)
+    return text
+
+
+# ---------------------------------------------------------------------------------------------
+# YAML file
+
+
+def _check_keys(data: Mapping[str, Any], allowed: set[str], where: str) -> None:
+    unknown = sorted(set(data) - allowed)
+    if unknown:
+        raise UserError(f"{where}: unknown key {unknown[0]!r} (allowed: {', '.join(sorted(allowed))})")
+
+
+_VS_KEYS = {"vs", "realServers", "scheduler", "mode", "health"}
+_HEALTH_KEYS = {s.yaml_key for s in SETTINGS if s.scope == "health" and s.yaml_key}
+_TOP_KEYS = (
+    {s.yaml_key for s in SETTINGS if s.scope == "config" and s.yaml_key}
+    | {"virtualServers", "scheduler", "mode", "health"}
+)
+
+
+def load_yaml(text: str, source: str) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or "not valid YAML"
+        raise UserError(f"{source}{where}: {problem}") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise UserError(f"{source}: the top level must be a mapping")
+    _check_keys(data, _TOP_KEYS, source)
+    return data
+
+
+def _parse_health_block(
+    block: Any, where: str, base: dict[str, Any]
+) -> dict[str, Any]:
+    if block is None:
+        return dict(base)
+    if not isinstance(block, dict):
+        raise UserError(f"{where}: must be a mapping")
+    _check_keys(block, _HEALTH_KEYS, where)
+    out = dict(base)
+    for s in SETTINGS:
+        if s.scope == "health" and s.yaml_key in block:
+            out[s.key] = s.parse(block[s.yaml_key], f"{where}.{s.yaml_key}")
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Putting it together
+
+
+def build_config(
+    cli: Mapping[str, Any],
+    env: Mapping[str, str],
+    yaml_text: str | None = None,
+    yaml_source: str = "config",
+) -> Config:
+    """Merge flags (``cli``: only those given), ``CARE_*`` env and the YAML file into a Config.
+
+    ``cli`` keys are flag names without dashes (``"health-path"``), plus ``vs``, ``rs``,
+    ``run-once``, ``clean``, ``logger``, ``log-level``, ``log-format`` and ``config``.
+    """
+    given: dict[str, tuple[Any, str]] = {}
+    for flag, raw in cli.items():
+        given[flag] = (raw, f"--{flag}")
+    for flag in (*SETTINGS_BY_FLAG, "vs", "rs", "run-once", "clean", "logger", "log-level",
+                 "log-format", "config"):
+        if flag in given:
+            continue
+        for name in (flag, *ENV_ALIASES.get(flag, ())):
+            env_name = "CARE_" + name.upper().replace("-", "_")
+            if env_name in env:
+                given[flag] = (env[env_name], env_name)
+                break
+    # The original spells it --health-schem; accept the natural spelling too.
+    if "health-scheme" in given and "health-schem" not in given:
+        given["health-schem"] = given.pop("health-scheme")
+
+    parsed: dict[str, Any] = {}
+    for flag, (raw, name) in given.items():
+        setting = SETTINGS_BY_FLAG.get(flag)
+        if setting is not None:
+            parsed[flag] = setting.parse(raw, name)
+
+    data: dict[str, Any] = {}
+    config_file = None
+    if yaml_text is not None:
+        data = load_yaml(yaml_text, yaml_source)
+        config_file = yaml_source
+
+    top: dict[str, Any] = {}
+    for s in SETTINGS:
+        if s.scope == "config" and s.yaml_key in data:
+            top[s.key] = s.parse(data[s.yaml_key], f"{yaml_source}: {s.yaml_key}")
+    vs_defaults: dict[str, Any] = {}
+    for s in SETTINGS:
+        if s.scope == "vs" and s.yaml_key in data:
+            vs_defaults[s.key] = s.parse(data[s.yaml_key], f"{yaml_source}: {s.yaml_key}")
+    health_defaults = _parse_health_block(data.get("health"), f"{yaml_source}: health", {})
+
+    flag_config = {SETTINGS_BY_FLAG[f].key: v for f, v in parsed.items()
+                   if SETTINGS_BY_FLAG[f].scope == "config"}
+    flag_vs = {SETTINGS_BY_FLAG[f].key: v for f, v in parsed.items()
+               if SETTINGS_BY_FLAG[f].scope == "vs"}
+    flag_health = {SETTINGS_BY_FLAG[f].key: v for f, v in parsed.items()
+                   if SETTINGS_BY_FLAG[f].scope == "health"}
+
+    clean = parse_bool(given["clean"][0], given["clean"][1]) if "clean" in given else False
+    run_once = parse_bool(given["run-once"][0], given["run-once"][1]) if "run-once" in given else False
+
+    raw_vss = data.get("virtualServers")
+    vs_specs: list[tuple[Endpoint, tuple[RealServer, ...], dict[str, Any], dict[str, Any], str]] = []
+    if raw_vss is not None:
+        if not isinstance(raw_vss, list) or not raw_vss:
+            raise UserError(f"{yaml_source}: virtualServers must be a non-empty list")
+        for i, item in enumerate(raw_vss):
+            where = f"{yaml_source}: virtualServers[{i}]"
+            if not isinstance(item, dict):
+                raise UserError(f"{where}: must be a mapping")
+            _check_keys(item, _VS_KEYS, where)
+            if "vs" not in item:
+                raise UserError(f"{where}: 'vs' is required")
+            endpoint = parse_endpoint(item["vs"], f"{where}.vs")
+            rss_raw = item.get("realServers", [])
+            if not isinstance(rss_raw, list):
+                raise UserError(f"{where}.realServers: must be a list")
+            rss = tuple(parse_real_server(r, f"{where}.realServers[{j}]")
+                        for j, r in enumerate(rss_raw))
+            settings = dict(vs_defaults)
+            for s in SETTINGS:
+                if s.scope == "vs" and s.yaml_key in item:
+                    settings[s.key] = s.parse(item[s.yaml_key], f"{where}.{s.yaml_key}")
+            health = _parse_health_block(item.get("health"), f"{where}.health", health_defaults)
+            vs_specs.append((endpoint, rss, settings, health, where))
+
+    flag_rs: tuple[RealServer, ...] | None = None
+    if "rs" in given:
+        raw, name = given["rs"]
+        flag_rs = tuple(RealServer(parse_endpoint(r, name)) for r in split_list(raw))
+    flag_endpoint = parse_endpoint(given["vs"][0], given["vs"][1]) if "vs" in given else None
+
+    if flag_endpoint is not None or flag_rs is not None:
+        if len(vs_specs) > 1:
+            raise UserError(f"--vs/--rs cannot be combined with {yaml_source}, which has "
+                            f"{len(vs_specs)} virtual servers")
+        if vs_specs:
+            endpoint, rss, settings, health, where = vs_specs[0]
+            vs_specs[0] = (flag_endpoint or endpoint, flag_rs if flag_rs is not None else rss,
+                           settings, health, where)
+        else:
+            if flag_endpoint is None:
+                raise UserError("--rs needs --vs (the virtual server address:port)")
+            vs_specs.append((flag_endpoint, flag_rs or (), dict(vs_defaults),
+                             dict(health_defaults), "--vs"))
+
+    if not vs_specs:
+        raise UserError("no virtual server: give --vs address:port (and --rs) or --config FILE")
+
+    virtual_servers = []
+    seen_vs: set[Endpoint] = set()
+    for endpoint, rss, settings, health, where in vs_specs:
+        settings = {**settings, **flag_vs}
+        health = {**health, **flag_health}
+        if endpoint in seen_vs:
+            raise UserError(f"{where}: virtual server {endpoint} is listed twice")
+        seen_vs.add(endpoint)
+        if not rss and not clean:
+            raise UserError(f"{where}: virtual server {endpoint} has no real servers (give --rs)")
+        seen_rs: set[Endpoint] = set()
+        for rs in rss:
+            if rs.endpoint in seen_rs:
+                raise UserError(f"{where}: real server {rs.endpoint} is listed twice")
+            seen_rs.add(rs.endpoint)
+            if rs.endpoint.ip.version != endpoint.ip.version:
+                raise UserError(f"{where}: real server {rs.endpoint} is IPv{rs.endpoint.ip.version} "
+                                f"but virtual server {endpoint} is IPv{endpoint.ip.version}")
+        hc = HealthCheck(**health)
+        if (hc.cert is None) != (hc.key is None):
+            raise UserError(f"{where}: --health-cert and --health-key go together")
+        if hc.timeout <= 0:
+            raise UserError(f"{where}: health timeout must be more than zero")
+        virtual_servers.append(VirtualServer(endpoint, tuple(rss), health=hc, **settings))
+
+    cfg = Config(virtual_servers=tuple(virtual_servers), **{**top, **flag_config},
+                 run_once=run_once, clean=clean, config_file=config_file)
+    if cfg.ip is not None:
+        for vs in cfg.virtual_servers:
+            if vs.mode == "route" and vs.endpoint.ip.version != cfg.ip.version:
+                raise UserError(f"--ip {cfg.ip} is IPv{cfg.ip.version} but virtual server "
+                                f"{vs.endpoint} is IPv{vs.endpoint.ip.version}")
+    if run_once and clean:
+        raise UserError("--run-once and -C/--clean cannot be used together")
+
+    level = "info"
+    if "logger" in given:
+        level = "debug" if str(given["logger"][0]).strip().upper() in ("DEBG", "DEBUG") else "info"
+    if "log-level" in given:
+        level = parse_choice(str(given["log-level"][0]).lower(), given["log-level"][1],
+                             ("debug", "info", "warning", "error"))
+    fmt = "auto"
+    if "log-format" in given:
+        fmt = parse_choice(str(given["log-format"][0]), given["log-format"][1],
+                           ("auto", "json", "console"))
+    return replace(cfg, log_level=level, log_format=fmt)  # type: ignore[arg-type]

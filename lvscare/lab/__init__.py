@@ -1,0 +1,1 @@
+"""A small lab of network namespaces with apiserver stand-ins, for the kernel tests and the demo."""

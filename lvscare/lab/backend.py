@@ -1,0 +1,102 @@
+"""An apiserver stand-in for the kernel tests and the demo: HTTPS (or HTTP), stdlib only.
+
+Every response body is the backend's name, so a client can tell which real server answered.
+``--fault-file`` names a file whose content switches behaviour at run time (re-read per request):
+
+  ok        200 on every path (default, also when the file is absent or empty)
+  500 / 401 that HTTP status on the health path, 200 elsewhere
+  hang      accept TCP, read the request, never answer
+  tls-hang  accept TCP, never start the TLS handshake
+"""
+
+from __future__ import annotations
+
+import argparse
+import socket
+import ssl
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--listen", required=True, help="address:port ([v6]:port)")
+    ap.add_argument("--name", required=True)
+    ap.add_argument("--cert")
+    ap.add_argument("--key")
+    ap.add_argument("--fault-file")
+    ap.add_argument("--health-path", default="/healthz")
+    args = ap.parse_args()
+    host, _, port = args.listen.rpartition(":")
+    host = host.strip("[]")
+    fault_file = Path(args.fault_file) if args.fault_file else None
+
+    def fault() -> str:
+        try:
+            return fault_file.read_text().strip() if fault_file else ""
+        except OSError:
+            return ""
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, *a: object) -> None:
+            pass
+
+        def do_GET(self) -> None:
+            mode = fault()
+            if mode == "hang":
+                time.sleep(3600)
+                return
+            status = 200
+            if mode.isdigit() and self.path.split("?")[0] == args.health_path:
+                status = int(mode)
+            body = (args.name + "\n").encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "text/plain")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        do_POST = do_GET
+        do_HEAD = do_GET
+
+    class Server(ThreadingHTTPServer):
+        address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        daemon_threads = True
+        allow_reuse_address = True
+        request_queue_size = 128
+
+        def get_request(self):  # type: ignore[no-untyped-def]
+            conn, addr = self.socket.accept()
+            if fault() == "tls-hang":
+                # Hold the socket open without a handshake; the client must time out.
+                threading.Thread(target=lambda: (time.sleep(3600), conn.close()),
+                                 daemon=True).start()
+                raise OSError("holding connection")
+            if ctx is not None:
+                conn = ctx.wrap_socket(conn, server_side=True, do_handshake_on_connect=False)
+                conn.settimeout(10)
+                try:
+                    conn.do_handshake()
+                except (OSError, ssl.SSLError):
+                    conn.close()
+                    raise
+            return conn, addr
+
+        def handle_error(self, request: object, client_address: object) -> None:
+            pass
+
+    ctx = None
+    if args.cert:
+        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        ctx.load_cert_chain(args.cert, args.key)
+    server = Server((host, int(port)), Handler)
+    print("listening", flush=True)
+    server.serve_forever(poll_interval=0.2)
+
+
+if __name__ == "__main__":
+    main()

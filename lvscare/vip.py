@@ -1,0 +1,399 @@
+"""How processes on the node reach the VIP (``--mode``), the IPVS sysctls, and their removal.
+
+IPVS catches a locally generated packet in LOCAL_OUT, after routing chose its source address. The
+apiservers have no route back to the VIP, so that source must be an address they can answer:
+
+* ``route``: a host route for the VIP whose preferred source is the node's own address. No
+  iptables. A real server on the node itself does not work this way (the kernel sees its own
+  address on both ends); use ``link`` on control-plane nodes.
+* ``link``: the VIP on a dummy interface (as kube-proxy's ``kube-ipvs0``), and source NAT of what
+  IPVS sends to a real server, in our own nat chain. Works for local and remote real servers.
+* ``none``: IPVS only.
+
+Everything created here carries a mark of ours (route protocol 76, iptables comment ``lvscare``)
+so that ``-C`` removes exactly that and nothing of anyone else's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import ipaddress
+import os
+import shutil
+import socket
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import structlog
+from pyroute2 import AsyncIPRoute
+from pyroute2.netlink.exceptions import NetlinkError
+
+from lvscare.config import IPAddress, VirtualServer
+from lvscare.errors import KernelError
+
+log = structlog.get_logger("lvscare.vip")
+
+RTPROT_LVSCARE = 76  # unassigned in iproute2's rt_protos; marks routes that are ours
+ROUTE_METRIC = 50  # as Go lvscare
+NAT_CHAIN = "LVSCARE-POSTROUTING"
+IFA_F_NODAD = 0x02
+
+# Each sysctl with the reason lvscare needs it.
+SYSCTLS: dict[str, tuple[str, str]] = {
+    "net/ipv4/vs/expire_nodest_conn": (
+        "1", "connections to a deleted real server are dropped at their next packet, so clients "
+             "reconnect at once instead of hanging until TCP gives up"),
+    "net/ipv4/vs/expire_quiescent_template": (
+        "1", "persistence templates of a weight-0 real server expire, so no new client sticks to it"),
+    "net/ipv4/vs/conntrack": (
+        "1", "link mode: netfilter must see IPVS connections to source-NAT them"),
+}
+SYSCTL_ROOT = Path("/proc/sys")
+
+
+def sysctl_values() -> dict[str, str | None]:
+    out: dict[str, str | None] = {}
+    for name in SYSCTLS:
+        try:
+            out[name] = (SYSCTL_ROOT / name).read_text().strip()
+        except OSError:
+            out[name] = None
+    return out
+
+
+def ensure_sysctls(modes: set[str]) -> list[str]:
+    """Set the IPVS sysctls lvscare relies on; return the names it had to change.
+
+    They exist only once ``ip_vs`` is loaded, so call this after IPVS was opened.
+    """
+    changed = []
+    for name, (value, _reason) in SYSCTLS.items():
+        if name.endswith("/conntrack") and "link" not in modes:
+            continue
+        path = SYSCTL_ROOT / name
+        try:
+            if path.read_text().strip() == value:
+                continue
+            path.write_text(value)
+        except OSError as exc:
+            raise KernelError(f"cannot set sysctl {name.replace('/', '.')}={value}: "
+                              f"{exc.strerror}", exc.errno) from None
+        changed.append(name.replace("/", "."))
+    return changed
+
+
+def _prefixlen(ip: IPAddress) -> int:
+    return 32 if ip.version == 4 else 128
+
+
+def _family(ip: IPAddress) -> int:
+    return socket.AF_INET if ip.version == 4 else socket.AF_INET6
+
+
+# -- route mode ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RoutePlan:
+    oif: int
+    gateway: str | None
+    source: str
+
+
+async def _route_plan(ipr: Any, vs: VirtualServer, node_ip: IPAddress | None) -> RoutePlan:
+    """Send VIP traffic where the first real server's traffic goes, sourced from the node's IP."""
+    target = vs.real_servers[0].endpoint.ip if vs.real_servers else node_ip
+    if target is None:
+        raise KernelError(f"route mode for {vs.endpoint}: no real server to route towards")
+    try:
+        kwargs: dict[str, Any] = {"dst": str(target), "family": _family(target)}
+        if node_ip is not None:
+            kwargs["src"] = str(node_ip)
+        routes = await ipr.route("get", **kwargs)
+    except NetlinkError as exc:
+        raise KernelError(f"route mode for {vs.endpoint}: no route to real server {target}: "
+                          f"{os_strerror(exc.code)}", exc.code) from None
+    route = routes[0]
+    source = str(node_ip) if node_ip is not None else route.get("prefsrc")
+    if not source:
+        raise KernelError(f"route mode for {vs.endpoint}: cannot tell the node's address; "
+                          "give --ip")
+    return RoutePlan(route.get("oif"), route.get("gateway"), source)
+
+
+async def _our_routes(ipr: Any, vip: IPAddress) -> list[Any]:
+    found = []
+    async for r in await ipr.route("dump", family=_family(vip)):
+        if (r.get("dst") == str(vip) and r.get("dst_len") == _prefixlen(vip)
+                and r.get("proto") == RTPROT_LVSCARE):
+            found.append(r)
+    return found
+
+
+async def ensure_route(ipr: Any, vs: VirtualServer, node_ip: IPAddress | None) -> bool:
+    """Make the VIP host route match the plan; True if it changed anything."""
+    vip = vs.endpoint.ip
+    plan = await _route_plan(ipr, vs, node_ip)
+    current = await _our_routes(ipr, vip)
+    if len(current) == 1:
+        r = current[0]
+        if (r.get("oif") == plan.oif and r.get("gateway") == plan.gateway
+                and r.get("prefsrc") == plan.source and r.get("priority") == ROUTE_METRIC):
+            return False
+    for r in current:
+        await _delete_route(ipr, r)
+    kwargs: dict[str, Any] = {
+        "dst": f"{vip}/{_prefixlen(vip)}", "family": _family(vip), "oif": plan.oif,
+        "prefsrc": plan.source, "proto": RTPROT_LVSCARE, "priority": ROUTE_METRIC,
+    }
+    if plan.gateway:
+        kwargs["gateway"] = plan.gateway
+    try:
+        await ipr.route("replace", **kwargs)
+    except NetlinkError as exc:
+        raise KernelError(f"cannot add route for VIP {vip} (source {plan.source}): "
+                          f"{os_strerror(exc.code)}", exc.code) from None
+    log.info("route set", vip=str(vip), source=plan.source, gateway=plan.gateway)
+    return True
+
+
+async def _delete_route(ipr: Any, r: Any) -> None:
+    try:
+        await ipr.route("del", dst=f"{r.get('dst')}/{r.get('dst_len')}", family=r["family"],
+                        proto=RTPROT_LVSCARE, priority=r.get("priority"), table=r.get("table"))
+    except NetlinkError as exc:
+        if exc.code != errno.ESRCH:
+            raise KernelError(f"cannot delete route for {r.get('dst')}: "
+                              f"{os_strerror(exc.code)}", exc.code) from None
+
+
+async def remove_route(ipr: Any, vip: IPAddress) -> bool:
+    routes = await _our_routes(ipr, vip)
+    for r in routes:
+        await _delete_route(ipr, r)
+    return bool(routes)
+
+
+# -- link mode: dummy interface ------------------------------------------------------------------
+
+
+async def _link_index(ipr: Any, iface: str) -> int | None:
+    found = await ipr.link_lookup(ifname=iface)
+    return found[0] if found else None
+
+
+async def ensure_dummy_address(ipr: Any, iface: str, vip: IPAddress) -> bool:
+    changed = False
+    index = await _link_index(ipr, iface)
+    try:
+        if index is None:
+            await ipr.link("add", ifname=iface, kind="dummy")
+            index = await _link_index(ipr, iface)
+            changed = True
+        link = (await ipr.link("get", index=index))[0]
+        if not link["flags"] & 1:  # IFF_UP: needed for an IPv6 VIP to be local
+            await ipr.link("set", index=index, state="up")
+            changed = True
+        addrs = [a async for a in await ipr.addr("dump", index=index)]
+        if not any(a.get("address") == str(vip) for a in addrs):
+            await ipr.addr("add", index=index, address=str(vip), prefixlen=_prefixlen(vip),
+                           family=_family(vip), flags=IFA_F_NODAD)
+            changed = True
+    except NetlinkError as exc:
+        hint = " (is the dummy module available?)" if exc.code == errno.EOPNOTSUPP else ""
+        raise KernelError(f"cannot put VIP {vip} on interface {iface}: "
+                          f"{os_strerror(exc.code)}{hint}", exc.code) from None
+    if changed:
+        log.info("VIP bound", vip=str(vip), iface=iface)
+    return changed
+
+
+async def remove_dummy_address(ipr: Any, iface: str, vip: IPAddress) -> bool:
+    index = await _link_index(ipr, iface)
+    if index is None:
+        return False
+    changed = False
+    try:
+        addrs = [a async for a in await ipr.addr("dump", index=index)]
+        if any(a.get("address") == str(vip) for a in addrs):
+            await ipr.addr("del", index=index, address=str(vip), prefixlen=_prefixlen(vip),
+                           family=_family(vip))
+            changed = True
+        link = (await ipr.link("get", index=index))[0]
+        info = link.get_attr("IFLA_LINKINFO")
+        kind = info.get_attr("IFLA_INFO_KIND") if info is not None else None
+        remaining = [a async for a in await ipr.addr("dump", index=index)
+                     if not ipaddress.ip_address(a.get("address")).is_link_local]
+        if kind == "dummy" and not remaining:
+            await ipr.link("del", index=index)
+            changed = True
+    except NetlinkError as exc:
+        raise KernelError(f"cannot remove VIP {vip} from {iface}: {os_strerror(exc.code)}",
+                          exc.code) from None
+    return changed
+
+
+# -- link mode: source NAT -------------------------------------------------------------------
+
+
+class Iptables:
+    """Our nat rules, through the iptables binary of the backend the host already uses.
+
+    A host whose kube-proxy and CNI wrote their rules with iptables-nft must not get ours from
+    iptables-legacy (or the other way round): packets would cross two rule sets. As kube-proxy's
+    iptables-wrapper does, we prefer the backend that holds more rules, then nft; a backend the
+    kernel cannot write (nft without nf_tables) is skipped.
+    """
+
+    JUMP = ("-m", "comment", "--comment", "lvscare", "-j", NAT_CHAIN)
+
+    def __init__(self, version: int) -> None:
+        self.version = version
+        self._binary: str | None = None
+
+    def _available(self) -> list[str]:
+        base = "iptables" if self.version == 4 else "ip6tables"
+        found = [shutil.which(n) for n in (f"{base}-nft", f"{base}-legacy", base)]
+        unique: list[str] = []
+        for path in found:
+            if path and os.path.realpath(path) not in map(os.path.realpath, unique):
+                unique.append(path)
+        return unique
+
+    @staticmethod
+    def _run(binary: str, *args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([binary, "-w", "5", "-t", "nat", *args], capture_output=True,
+                              text=True, check=False)
+
+    def _ranked(self) -> list[str]:
+        def rules(binary: str) -> int:
+            out = self._run(binary, "-S").stdout
+            return sum(1 for line in out.splitlines() if line.startswith("-A"))
+
+        available = self._available()
+        return sorted(available, key=lambda b: (-rules(b), available.index(b)))
+
+    def _has_chain(self, binary: str) -> bool:
+        return self._run(binary, "-S", NAT_CHAIN).returncode == 0
+
+    def _choose(self) -> str:
+        """The binary holding our chain, or the best one that can create it."""
+        if self._binary is not None:
+            return self._binary
+        errors = []
+        for binary in self._ranked():
+            if self._has_chain(binary):
+                self._binary = binary
+                return binary
+            created = self._run(binary, "-N", NAT_CHAIN)
+            if created.returncode == 0:
+                self._binary = binary
+                return binary
+            errors.append(f"{Path(binary).name}: {created.stderr.strip()}")
+        base = "iptables" if self.version == 4 else "ip6tables"
+        raise KernelError(f"link mode needs {base} with a nat table the kernel supports"
+                          + (f" ({'; '.join(errors)})" if errors else ": none installed"))
+
+    async def _exec(self, binary: str, *args: str, check: bool = True) -> bool:
+        proc = await asyncio.create_subprocess_exec(
+            binary, "-w", "5", "-t", "nat", *args,
+            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
+        _, err = await proc.communicate()
+        if proc.returncode != 0 and check:
+            raise KernelError(f"{Path(binary).name} -t nat {' '.join(args)}: "
+                              f"{err.decode().strip()}")
+        return proc.returncode == 0
+
+    @staticmethod
+    def rule(vs: VirtualServer) -> list[str]:
+        vip = vs.endpoint.ip
+        return ["-m", "comment", "--comment", f"lvscare {vs.endpoint}",
+                "-m", "ipvs", "--vaddr", f"{vip}/{_prefixlen(vip)}",
+                "--vport", str(vs.endpoint.port), "--vdir", "ORIGINAL", "-j", "MASQUERADE"]
+
+    async def ensure(self, vs: VirtualServer) -> bool:
+        binary = await asyncio.to_thread(self._choose)
+        changed = False
+        # First in POSTROUTING, so that a CNI's RETURN for node traffic cannot skip our NAT.
+        if not await self._exec(binary, "-C", "POSTROUTING", *self.JUMP, check=False):
+            await self._exec(binary, "-I", "POSTROUTING", "1", *self.JUMP)
+            changed = True
+        if not await self._exec(binary, "-C", NAT_CHAIN, *self.rule(vs), check=False):
+            await self._exec(binary, "-A", NAT_CHAIN, *self.rule(vs))
+            changed = True
+        if changed:
+            log.info("source NAT set", vip=str(vs.endpoint), iptables=Path(binary).name)
+        return changed
+
+    async def remove(self, vs: VirtualServer) -> bool:
+        """Remove our rule for ``vs`` from every backend that has our chain."""
+        changed = False
+        for binary in self._available():
+            if not self._has_chain(binary):
+                continue
+            while await self._exec(binary, "-D", NAT_CHAIN, *self.rule(vs), check=False):
+                changed = True
+            listing = self._run(binary, "-S", NAT_CHAIN).stdout.strip().splitlines()
+            if len(listing) <= 1:  # only "-N LVSCARE-POSTROUTING": no other VIP of ours
+                while await self._exec(binary, "-D", "POSTROUTING", *self.JUMP, check=False):
+                    pass
+                await self._exec(binary, "-X", NAT_CHAIN, check=False)
+                changed = True
+        return changed
+
+
+def os_strerror(code: int) -> str:
+    return os.strerror(code)
+
+
+# -- entry points ------------------------------------------------------------------------------
+
+
+class Access:
+    """Sets up and removes, per virtual server, what its mode needs. Holds one rtnetlink socket."""
+
+    def __init__(self, iface: str, node_ip: IPAddress | None) -> None:
+        self.iface = iface
+        self.node_ip = node_ip
+        self._ipr: Any = None
+        self._iptables: dict[int, Iptables] = {}
+
+    async def open(self) -> Access:
+        self._ipr = AsyncIPRoute()
+        return self
+
+    def close(self) -> None:
+        if self._ipr is not None:
+            self._ipr.close()
+            self._ipr = None
+
+    async def __aenter__(self) -> Access:
+        return await self.open()
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.close()
+
+    def iptables(self, version: int) -> Iptables:
+        return self._iptables.setdefault(version, Iptables(version))
+
+    async def ensure(self, vs: VirtualServer) -> bool:
+        """Make the VIP reachable as ``vs.mode`` says; True if anything had to change."""
+        vip = vs.endpoint.ip
+        changed = False
+        if vs.mode == "route":
+            changed |= await ensure_route(self._ipr, vs, self.node_ip)
+        elif vs.mode == "link":
+            changed |= await ensure_dummy_address(self._ipr, self.iface, vip)
+            changed |= await self.iptables(vip.version).ensure(vs)
+        return changed
+
+    async def remove(self, vs: VirtualServer) -> bool:
+        """Remove what any mode created for this VIP: -C works whatever --mode was used."""
+        vip = vs.endpoint.ip
+        changed = await remove_route(self._ipr, vip)
+        changed |= await remove_dummy_address(self._ipr, self.iface, vip)
+        changed |= await self.iptables(vip.version).remove(vs)
+        return changed
