@@ -139,7 +139,8 @@ def cmd_care(args: argparse.Namespace) -> int:
         return 0
     from lvscare import daemon
 
-    return daemon.run(cfg)
+    env = dict(os.environ)
+    return daemon.run(cfg, reload=lambda: load_config(values, env))
 
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
@@ -150,7 +151,10 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = make_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help, or a usage error already printed
+        return int(exc.code or 0)
     try:
         return COMMANDS[args.command](args)
     except UserError as exc:

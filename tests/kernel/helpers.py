@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
 import sys
 import time
 from pathlib import Path
 
-from lvscare.lab.topology import Lab
+from lvscare.lab.topology import Lab, wait_for
 
 DUMP = str(Path(__file__).parents[1] / "support" / "ipvs_dump.py")
 
@@ -61,3 +62,50 @@ def netlink_table(lab: Lab) -> dict[str, object]:
 
 def log_events(stderr: str) -> list[dict[str, object]]:
     return [json.loads(line) for line in stderr.splitlines() if line.startswith("{")]
+
+
+class Care:
+    """``lvscare care`` running as a daemon in the lab's node, JSON logs captured."""
+
+    def __init__(self, lab: Lab, *args: str, rs: list[str] | None = None,
+                 vs: str = "10.103.97.2:6443") -> None:
+        self.lab = lab
+        self.log = lab.workdir / f"care-{time.monotonic_ns()}.log"
+        argv = ["care", "--log-format", "json", "--metrics-address", "off"]
+        if not any(a.startswith("--config") for a in args):
+            argv += ["--vs", vs]
+            for r in (rs if rs is not None else [b.address for b in lab.backends]):
+                argv += ["--rs", r]
+        self.argv = [*argv, *args]
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, wait_for: list[str] | None = None) -> Care:
+        self.proc = subprocess.Popen(
+            self.lab.node_cmd(sys.executable, "-m", "lvscare", *self.argv),
+            stdout=subprocess.DEVNULL, stderr=self.log.open("ab"))
+        addrs = wait_for if wait_for is not None else [b.address for b in self.lab.backends]
+        wait(lambda: all(a in self.lab.ipvsadm() for a in addrs), 60, self)
+        wait(lambda: any(e["event"] == "started" for e in self.events()), 30, self)
+        return self
+
+    def events(self, event: str | None = None) -> list[dict[str, object]]:
+        evs = log_events(self.log.read_text()) if self.log.exists() else []
+        return [e for e in evs if event is None or e["event"] == event]
+
+    def signal(self, sig: int) -> int:
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+        return self.proc.wait(timeout=30)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def wait(predicate, timeout: float, care: Care | None = None) -> float:  # type: ignore[no-untyped-def]
+    try:
+        return wait_for(predicate, timeout)
+    except TimeoutError:
+        tail = care.log.read_text()[-3000:] if care is not None and care.log.exists() else ""
+        raise AssertionError(f"not within {timeout}s; daemon log tail:\n{tail}") from None

@@ -1,0 +1,315 @@
+"""The long-running ``lvscare care``: probes, health state, continuous reconcile, signals.
+
+One task per real server probes it and feeds the pure state machine (``health.step``). A change of
+state wakes the reconciler at once; otherwise it runs every interval, reads our virtual servers
+back from the kernel and repairs whatever someone else changed. Only the reconciler writes.
+
+Signals: SIGTERM and SIGINT stop the daemon and leave the rules in place (the node keeps reaching
+the apiservers while the static pod restarts); ``--clean-on-exit`` removes them. SIGHUP re-reads
+``--config`` and applies only the difference, keeping the health of unchanged real servers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import structlog
+
+from lvscare.care import reconcile
+from lvscare.config import Config, Endpoint, VirtualServer
+from lvscare.errors import UserError
+from lvscare.health import Decision, Health, ProbeResult, State, decide, initial, step
+from lvscare.ipvs import IPVS, describe_op
+from lvscare.plan import AddDest, DelDest, Op, SetDest, Table, desired_table, service_key
+from lvscare.prober import Prober
+from lvscare.vip import Access, ensure_sysctls
+
+log = structlog.get_logger("lvscare")
+
+# A first failure is confirmed this much sooner than the next regular probe.
+CONFIRM_FRACTION = 0.25
+# Routes, addresses and iptables are checked this often (iptables means a process per check).
+ACCESS_EVERY = 10.0
+MAX_BACKOFF = 30.0
+
+RsKey = tuple[Endpoint, Endpoint]  # (virtual server, real server)
+
+
+@dataclass
+class Stats:
+    """What the daemon has done, for logs, metrics and tests."""
+
+    reconciles: int = 0
+    reconcile_errors: int = 0
+    repairs: int = 0  # operations that undid someone else's change
+    last_reconcile: float = 0.0  # wall clock of the last successful reconcile
+    transitions: dict[RsKey, int] = field(default_factory=dict)
+
+
+class Daemon:
+    def __init__(self, cfg: Config, reload: Callable[[], Config] | None = None) -> None:
+        self.cfg = cfg
+        self._reload = reload
+        self.health: dict[RsKey, Health] = {}
+        self.last_healthy: dict[Endpoint, frozenset[Endpoint]] = {}
+        self.decision: Decision | None = None
+        self.kernel: Table = {}
+        self.stats = Stats()
+        self.prober = Prober()
+        self.ipvs = IPVS()
+        self.access = Access(cfg.iface, cfg.ip)
+        self._wake = asyncio.Event()
+        self._stop = asyncio.Event()
+        self._probes: dict[RsKey, asyncio.Task[None]] = {}
+        self._held: frozenset[Endpoint] = frozenset()
+        self._last_access = 0.0
+        self._applied_once = False
+        self._expected: Table = {}
+
+    # -- lifecycle -------------------------------------------------------------------------------
+
+    async def run(self) -> int:
+        for vs in self.cfg.virtual_servers:
+            self.prober.prepare(vs.health)
+        await self.ipvs.open()
+        try:
+            await self.access.open()
+            changed = ensure_sysctls({vs.mode for vs in self.cfg.virtual_servers})
+            if changed:
+                log.info("sysctls set", names=changed)
+            await self.prober.start()
+            await self._adopt()
+            loop = asyncio.get_running_loop()
+            loop.add_signal_handler(signal.SIGTERM, self._on_stop, "SIGTERM")
+            loop.add_signal_handler(signal.SIGINT, self._on_stop, "SIGINT")
+            loop.add_signal_handler(signal.SIGHUP, self._on_reload)
+            for vs in self.cfg.virtual_servers:
+                for rs in vs.real_servers:
+                    self._start_probe(vs, rs.endpoint)
+            log.info("started", virtual_servers=[str(v.endpoint) for v in self.cfg.virtual_servers],
+                     interval=self.cfg.interval, pid=os.getpid())
+            await self._reconcile_loop()
+            if self.cfg.clean_on_exit:
+                from lvscare.care import clean
+
+                self.ipvs.close()
+                self.access.close()
+                await clean(self.cfg)
+            return 0
+        finally:
+            for task in self._probes.values():
+                task.cancel()
+            await asyncio.gather(*self._probes.values(), return_exceptions=True)
+            await self.prober.close()
+            self.access.close()
+            self.ipvs.close()
+
+    def _on_stop(self, name: str) -> None:
+        log.info("stopping", signal=name, rules="removed" if self.cfg.clean_on_exit else "kept")
+        self._stop.set()
+        self._wake.set()
+
+    def _on_reload(self) -> None:
+        asyncio.get_running_loop().create_task(self.reload())
+
+    async def reload(self) -> None:
+        if self._reload is None:
+            log.warning("reload ignored: no --config file to re-read")
+            return
+        try:
+            new = self._reload()
+        except UserError as exc:
+            log.error("reload failed, keeping the running configuration", error=str(exc))
+            return
+        old_keys = {(vs.endpoint, rs.endpoint) for vs in self.cfg.virtual_servers
+                    for rs in vs.real_servers}
+        new_keys = {(vs.endpoint, rs.endpoint) for vs in new.virtual_servers
+                    for rs in vs.real_servers}
+        dropped = [service_key(vs) for vs in self.cfg.virtual_servers
+                   if vs.endpoint not in {v.endpoint for v in new.virtual_servers}]
+        for key in old_keys - new_keys:
+            task = self._probes.pop(key, None)
+            if task is not None:
+                task.cancel()
+            self.health.pop(key, None)
+        now = time.monotonic()
+        old_vs = {vs.endpoint: vs for vs in self.cfg.virtual_servers}
+        self.cfg = new
+        for vs in new.virtual_servers:
+            for rs in vs.real_servers:
+                key = (vs.endpoint, rs.endpoint)
+                if key in old_keys and vs.health == old_vs[vs.endpoint].health:
+                    continue
+                if key in self._probes:
+                    self._probes.pop(key).cancel()
+                if key not in self.health:
+                    # A real server added at run time joins after its first good probes.
+                    self.health[key] = Health(State.RECOVERING, since=now)
+                self._start_probe(vs, rs.endpoint)
+        if dropped:
+            await reconcile(self.ipvs, {}, dropped)
+            async with Access(new.iface, new.ip) as access:
+                for vs in old_vs.values():
+                    if service_key(vs) in dropped:
+                        await access.remove(vs)
+        log.info("reloaded", added=sorted(str(k[1]) for k in new_keys - old_keys),
+                 removed=sorted(str(k[1]) for k in old_keys - new_keys),
+                 virtual_servers_removed=[str(k) for k in dropped])
+        self._last_access = 0.0
+        self._applied_once = False  # what the new config adds is not a repair
+        self._wake.set()
+
+    async def _adopt(self) -> None:
+        """Health before the first probe, from what the kernel already serves, so that a
+        restarted daemon changes nothing until probes say so."""
+        now = time.monotonic()
+        keys = [service_key(vs) for vs in self.cfg.virtual_servers]
+        self.kernel = await self.ipvs.read(keys)
+        adopted = []
+        for vs in self.cfg.virtual_servers:
+            existing = self.kernel.get(service_key(vs))
+            for rs in vs.real_servers:
+                if existing is None:
+                    h = initial(now, None)
+                else:
+                    dest = existing.dests.get(rs.endpoint)
+                    h = initial(now, dest is not None and dest.weight > 0)
+                self.health[(vs.endpoint, rs.endpoint)] = h
+            if existing is not None:
+                adopted.append(str(vs.endpoint))
+        if adopted:
+            log.info("adopted existing rules", virtual_servers=adopted)
+
+    # -- probing ---------------------------------------------------------------------------------
+
+    def _start_probe(self, vs: VirtualServer, rs: Endpoint) -> None:
+        key = (vs.endpoint, rs)
+        self._probes[key] = asyncio.get_running_loop().create_task(self._probe_loop(vs, rs))
+
+    async def _probe_loop(self, vs: VirtualServer, rs: Endpoint) -> None:
+        key = (vs.endpoint, rs)
+        hc = vs.health
+        interval = self.cfg.interval
+        # A random phase, so that a fleet of nodes started together does not probe in step.
+        await asyncio.sleep(random.uniform(0, interval))
+        while True:
+            started = time.monotonic()
+            try:
+                result = await self.prober.probe(rs, hc)
+                self._observe(vs, rs, result)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - one probe must not end the daemon
+                log.error("probe crashed", vs=str(vs.endpoint), rs=str(rs), error=repr(exc))
+            h = self.health.get(key)
+            if h is None:
+                return
+            wait = interval * random.uniform(0.95, 1.05)
+            if h.state is State.FAILING or h.state is State.RECOVERING:
+                wait = interval * CONFIRM_FRACTION
+            await asyncio.sleep(max(0.0, wait - (time.monotonic() - started)))
+
+    def _observe(self, vs: VirtualServer, rs: Endpoint, result: ProbeResult) -> None:
+        key = (vs.endpoint, rs)
+        old = self.health.get(key)
+        if old is None:
+            return
+        now = time.monotonic()
+        new = step(old, result, now, vs.health.rise, vs.health.fall)
+        self.health[key] = new
+        if new.state is not old.state:
+            self.stats.transitions[key] = self.stats.transitions.get(key, 0) + 1
+            log.info("real server " + new.state.value, vs=str(vs.endpoint), rs=str(rs),
+                     was=old.state.value, probe=result.outcome.value,
+                     reason=result.detail or None, latency=round(result.latency, 4))
+            self._wake.set()
+        else:
+            log.debug("probe", vs=str(vs.endpoint), rs=str(rs), state=new.state.value,
+                      probe=result.outcome.value, latency=round(result.latency, 4))
+
+    # -- reconciling -----------------------------------------------------------------------------
+
+    def desired(self, now: float) -> Table:
+        decision = decide(self.cfg.virtual_servers, self.health, self.last_healthy, now,
+                          self.cfg.drain_period, self.cfg.all_down)
+        self.last_healthy = dict(decision.last_healthy)
+        self.decision = decision
+        for vs_ep in decision.all_down - self._held:
+            log.warning("all real servers down: keeping the last healthy ones (fail-open)",
+                        vs=str(vs_ep), kept=sorted(str(e) for e, w in decision.weights.items()
+                                                   if e[0] == vs_ep and w))
+        for vs_ep in self._held - decision.all_down:
+            log.info("a real server is healthy again: fail-open over", vs=str(vs_ep))
+        self._held = decision.all_down
+        return desired_table(self.cfg.virtual_servers, decision.weights)
+
+    async def _reconcile_loop(self) -> None:
+        backoff = 0.0
+        failing = False
+        while not self._stop.is_set():
+            try:
+                await self.reconcile_once()
+                if failing:
+                    log.info("reconcile recovered")
+                failing, backoff = False, 0.0
+            except Exception as exc:  # noqa: BLE001 - kernel errors back off, never end the daemon
+                self.stats.reconcile_errors += 1
+                backoff = min(MAX_BACKOFF, max(self.cfg.interval, backoff * 2))
+                if not failing:
+                    log.error("reconcile failed, will retry", error=str(exc),
+                              retry_in=backoff, kind=type(exc).__name__)
+                failing = True
+            self._wake.clear()
+            wait = backoff or self.cfg.interval
+            try:
+                await asyncio.wait_for(self._wake.wait(), wait)
+            except TimeoutError:
+                pass
+
+    async def reconcile_once(self) -> list[Op]:
+        now = time.monotonic()
+        want = self.desired(now)
+        keys = [service_key(vs) for vs in self.cfg.virtual_servers]
+        ops = await reconcile(self.ipvs, want, keys)
+        # An operation we did not plan from a health change repairs an outside change.
+        repairs = [op for op in ops if not self._planned(op)]
+        if repairs and self._applied_once:
+            self.stats.repairs += len(repairs)
+            log.info("rules repaired", changes=[describe_op(op) for op in repairs])
+        for op in ops:
+            if self._planned(op):
+                log.info("ipvs", change=describe_op(op))
+        self._applied_once = True
+        self._expected = want
+        self.kernel = want
+        if time.monotonic() - self._last_access >= ACCESS_EVERY:
+            for vs in self.cfg.virtual_servers:
+                await self.access.ensure(vs)
+            self._last_access = time.monotonic()
+        self.stats.reconciles += 1
+        self.stats.last_reconcile = time.time()
+        return ops
+
+    def _planned(self, op: Op) -> bool:
+        """True if ``op`` follows from a change of desired state since the last reconcile."""
+        previous = self._expected.get(op.key) if isinstance(op, AddDest | SetDest | DelDest) \
+            else None
+        if not self._applied_once:
+            return True
+        match op:
+            case AddDest(_, d) | SetDest(_, d):
+                return previous is None or previous.dests.get(d.endpoint) != d
+            case DelDest(_, e):
+                return previous is None or e in previous.dests
+        return False
+
+
+def run(cfg: Config, reload: Callable[[], Config] | None = None) -> int:
+    """Run the daemon until SIGTERM/SIGINT; the exit code. ``reload`` re-reads the config."""
+    return asyncio.run(Daemon(cfg, reload if cfg.config_file else None).run())

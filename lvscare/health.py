@@ -1,0 +1,160 @@
+"""Health of each real server, and the weights that follow from it. Pure functions only.
+
+States: ``healthy`` -> (a failure) -> ``failing`` -> (``fall`` failures) -> ``down`` ->
+(a success) -> ``recovering`` -> (``rise`` successes) -> ``healthy``.
+
+What a failure means decides what happens in the kernel:
+
+* dead (refused, reset, timeout, TLS failure): the real server is deleted, so that with
+  ``expire_nodest_conn=1`` its established connections end at their next packet and clients
+  reconnect at once. A refused or reset connection is conclusive (nothing listens) and takes the
+  server down without waiting for ``fall``.
+* unhealthy (an HTTP status that does not count): weight 0 first, so established connections
+  finish (an apiserver in its shutdown delay still serves them); deleted after the drain period,
+  or at once if it turns dead.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, replace
+from enum import Enum
+
+from lvscare.config import Endpoint, VirtualServer
+
+
+class State(str, Enum):
+    HEALTHY = "healthy"
+    FAILING = "failing"
+    DOWN = "down"
+    RECOVERING = "recovering"
+
+
+class Outcome(str, Enum):
+    OK = "ok"
+    REFUSED = "refused"
+    RESET = "reset"
+    TIMEOUT = "timeout"
+    TLS = "tls"
+    HTTP_STATUS = "http_status"
+    ERROR = "error"
+
+    @property
+    def dead(self) -> bool:
+        return self not in (Outcome.OK, Outcome.HTTP_STATUS)
+
+    @property
+    def conclusive(self) -> bool:
+        return self in (Outcome.REFUSED, Outcome.RESET)
+
+
+@dataclass(frozen=True)
+class ProbeResult:
+    outcome: Outcome
+    latency: float = 0.0
+    status: int | None = None
+    detail: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.outcome is Outcome.OK
+
+
+@dataclass(frozen=True)
+class Health:
+    state: State = State.HEALTHY
+    successes: int = 0
+    failures: int = 0
+    since: float = 0.0
+    dead: bool = False  # the failure that took it down (or keeps it down) was "dead"
+    drain_since: float | None = None  # weight 0 since; None when not draining
+    last: ProbeResult | None = None
+
+    @property
+    def serving(self) -> bool:
+        """Whether it should take new connections."""
+        return self.state in (State.HEALTHY, State.FAILING)
+
+
+def initial(now: float, present: bool | None = True) -> Health:
+    """Health before any probe. ``present``: the kernel already serves it (True), the kernel
+    has the virtual server but not it (False: wait for probes), or a fresh start (None)."""
+    if present is False:
+        return Health(State.DOWN, since=now, dead=True)
+    return Health(State.HEALTHY, since=now)
+
+
+def step(h: Health, result: ProbeResult, now: float, rise: int, fall: int) -> Health:
+    """The health after one probe result."""
+    if result.ok:
+        if h.state in (State.HEALTHY, State.FAILING):
+            return replace(h, state=State.HEALTHY, successes=h.successes + 1, failures=0,
+                           since=h.since if h.state is State.HEALTHY else now,
+                           drain_since=None, dead=False, last=result)
+        successes = h.successes + 1 if h.state is State.RECOVERING else 1
+        if successes >= rise:
+            return Health(State.HEALTHY, successes=successes, since=now, last=result)
+        return replace(h, state=State.RECOVERING, successes=successes, failures=0,
+                       since=h.since if h.state is State.RECOVERING else now, last=result)
+
+    dead = result.outcome.dead
+    failures = h.failures + 1
+    if h.state in (State.DOWN, State.RECOVERING):
+        # Still down; a dead result ends a drain early.
+        return replace(h, state=State.DOWN, successes=0, failures=failures,
+                       since=h.since if h.state is State.DOWN else now,
+                       dead=h.dead or dead, last=result)
+    if failures >= fall or (dead and result.outcome.conclusive):
+        return Health(State.DOWN, successes=0, failures=failures, since=now, dead=dead,
+                      drain_since=None if dead else now, last=result)
+    return replace(h, state=State.FAILING, successes=0, failures=failures,
+                   since=h.since if h.state is State.FAILING else now, last=result)
+
+
+def kernel_weight(h: Health, weight: int, now: float, drain_period: float) -> int | None:
+    """The weight this real server should have in the kernel; None means not in the kernel."""
+    if h.serving:
+        return weight
+    if h.dead or h.drain_since is None or now - h.drain_since >= drain_period:
+        return None
+    return 0
+
+
+@dataclass(frozen=True)
+class Decision:
+    weights: dict[tuple[Endpoint, Endpoint], int | None]
+    all_down: frozenset[Endpoint]  # virtual servers held open by fail-open
+    last_healthy: dict[Endpoint, frozenset[Endpoint]]
+
+
+def decide(
+    virtual_servers: Iterable[VirtualServer],
+    health: Mapping[tuple[Endpoint, Endpoint], Health],
+    last_healthy: Mapping[Endpoint, frozenset[Endpoint]],
+    now: float,
+    drain_period: float,
+    all_down: str = "keep",
+) -> Decision:
+    """Weights for every real server, with fail-open when a virtual server would be left with
+    no real server taking new connections: then it keeps the ones that were healthy last."""
+    weights: dict[tuple[Endpoint, Endpoint], int | None] = {}
+    held: set[Endpoint] = set()
+    remembered = dict(last_healthy)
+    for vs in virtual_servers:
+        serving = frozenset(rs.endpoint for rs in vs.real_servers
+                            if health[(vs.endpoint, rs.endpoint)].serving)
+        fail_open = not serving and all_down == "keep" and bool(vs.real_servers)
+        if serving:
+            remembered[vs.endpoint] = serving
+        keep = remembered.get(vs.endpoint, frozenset()) if fail_open else frozenset()
+        if fail_open:
+            held.add(vs.endpoint)
+            if not keep:  # never seen healthy (e.g. adopted while all were down): keep all
+                keep = frozenset(rs.endpoint for rs in vs.real_servers)
+        for rs in vs.real_servers:
+            key = (vs.endpoint, rs.endpoint)
+            if rs.endpoint in keep:
+                weights[key] = rs.weight
+            else:
+                weights[key] = kernel_weight(health[key], rs.weight, now, drain_period)
+    return Decision(weights, frozenset(held), remembered)

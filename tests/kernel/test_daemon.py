@@ -1,0 +1,206 @@
+"""The health-checking daemon against real faults, checked in the kernel table and in traffic."""
+
+from __future__ import annotations
+
+import signal
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from lvscare.lab.topology import Lab
+
+from .helpers import Care, ipvsadm_stats, ipvsadm_table, wait
+
+VIP = "10.103.97.2"
+KEY = f"TCP {VIP}:6443"
+
+
+@pytest.fixture
+def care(lab: Lab) -> Iterator[Care]:
+    daemon = Care(lab)
+    yield daemon
+    daemon.stop()
+
+
+def real_servers(lab: Lab) -> dict[str, tuple[str, int]]:
+    table = ipvsadm_table(lab)
+    rs = table.get(KEY, {}).get("rs", {})
+    assert isinstance(rs, dict)
+    return rs
+
+
+def assert_traffic_avoids(lab: Lab, gone: str) -> None:
+    result = lab.requests(VIP, count=6)
+    assert result["errors"] == []
+    assert gone not in result["answers"]  # type: ignore[operator]
+
+
+def test_killed_backend_is_deleted_and_readded(lab: Lab, care: Care) -> None:
+    care.start()
+    b = lab.backends[2]
+    lab.kill(b)
+    wait(lambda: b.address not in real_servers(lab), 10, care)
+    down = care.events("real server down")
+    assert down[-1]["probe"] == "refused" and down[-1]["rs"] == b.address
+    assert_traffic_avoids(lab, b.name)
+    lab.start(b)
+    wait(lambda: real_servers(lab).get(b.address) == ("Masq", 1), 10, care)
+
+
+def test_blackholed_backend_is_deleted(lab: Lab, care: Care) -> None:
+    care.start()
+    b = lab.backends[1]
+    lab.blackhole(b)
+    wait(lambda: b.address not in real_servers(lab), 10, care)
+    assert care.events("real server down")[-1]["probe"] == "timeout"
+    assert_traffic_avoids(lab, b.name)
+    lab.blackhole(b, on=False)
+    wait(lambda: b.address in real_servers(lab), 10, care)
+
+
+@pytest.mark.parametrize("fault", ["hang", "tls-hang"])
+def test_backend_that_never_answers_is_deleted(lab: Lab, care: Care, fault: str) -> None:
+    care.start()
+    b = lab.backends[0]
+    b.set_fault(fault)
+    wait(lambda: b.address not in real_servers(lab), 10, care)
+    assert care.events("real server down")[-1]["probe"] == "timeout"
+    b.set_fault("ok")
+    wait(lambda: b.address in real_servers(lab), 10, care)
+
+
+def test_http_500_drains_then_deletes(lab: Lab) -> None:
+    care = Care(lab, "--drain-period", "3s").start()
+    try:
+        b = lab.backends[0]
+        b.set_fault("500")
+        wait(lambda: real_servers(lab).get(b.address) == ("Masq", 0), 10, care)
+        drained_at = time.monotonic()
+        assert_traffic_avoids(lab, b.name)
+        wait(lambda: b.address not in real_servers(lab), 10, care)
+        assert time.monotonic() - drained_at >= 1.5  # it was drained first, not deleted at once
+        b.set_fault("ok")
+        wait(lambda: real_servers(lab).get(b.address) == ("Masq", 1), 10, care)
+    finally:
+        care.stop()
+
+
+def test_http_401_is_unhealthy_unless_allowed(lab: Lab) -> None:
+    b = lab.backends[0]
+    b.set_fault("401")
+    strict = Care(lab, rs=[b.address for b in lab.backends])
+    care = strict.start(wait_for=[x.address for x in lab.backends[1:]])
+    try:
+        wait(lambda: real_servers(lab).get(b.address, ("Masq", 0))[1] == 0, 10, care)
+    finally:
+        care.stop()
+    lab.run("ipvsadm", "-C")
+    allowed = Care(lab, "--health-status", "401").start()
+    try:
+        time.sleep(3)
+        assert real_servers(lab).get(b.address) == ("Masq", 1)
+        assert not allowed.events("real server down")
+    finally:
+        allowed.stop()
+
+
+def test_flapping_backend_does_not_churn(lab: Lab, care: Care) -> None:
+    care.start()
+    b = lab.backends[0]
+    started = time.monotonic()
+    flips = 0
+    while time.monotonic() - started < 8:  # bounded: 16 flips
+        b.set_fault("500" if flips % 2 == 0 else "ok")
+        flips += 1
+        time.sleep(0.5)
+    b.set_fault("ok")
+    changes = [e for e in care.events("ipvs") if b.address in str(e["change"])]
+    # A change needs `fall` (2) failures or `rise` (2) successes in a row; with results that
+    # alternate every half interval that can happen only rarely.
+    assert len(changes) <= 4, changes
+    for e in care.events("real server down"):
+        assert e["was"] == "failing"
+    for e in care.events("real server healthy"):
+        assert e["was"] == "recovering"
+
+
+def test_all_down_keeps_the_last_healthy_and_recovers(lab: Lab, care: Care) -> None:
+    care.start()
+    for b in lab.backends[:2]:
+        lab.kill(b)
+    wait(lambda: list(real_servers(lab)) == [lab.backends[2].address], 10, care)
+    lab.kill(lab.backends[2])
+    time.sleep(3)
+    # Fail-open: the virtual server still has the last healthy real server.
+    assert list(real_servers(lab)) == [lab.backends[2].address]
+    assert len(care.events("all real servers down: keeping the last healthy ones (fail-open)")) == 1
+    lab.start(lab.backends[0])
+    wait(lambda: list(real_servers(lab)) == [lab.backends[0].address], 10, care)
+    assert care.events("a real server is healthy again: fail-open over")
+    result = lab.requests(VIP, count=3)
+    assert result["answers"] == {"backend-1": 3}
+
+
+def test_rules_deleted_by_someone_else_are_restored(lab: Lab, care: Care) -> None:
+    care.start()
+    lab.run("ipvsadm", "-C")
+    wait(lambda: len(real_servers(lab)) == 3, 5, care)
+    lab.run("ipvsadm", "-d", "-t", f"{VIP}:6443", "-r", lab.backends[0].address)
+    wait(lambda: len(real_servers(lab)) == 3, 5, care)
+    lab.run("ipvsadm", "-e", "-t", f"{VIP}:6443", "-r", lab.backends[1].address, "-m", "-w", "9")
+    wait(lambda: real_servers(lab)[lab.backends[1].address] == ("Masq", 1), 5, care)
+    assert len(care.events("rules repaired")) >= 3
+
+
+def test_sigterm_keeps_rules_and_exits_0(lab: Lab, care: Care) -> None:
+    care.start()
+    before = ipvsadm_table(lab)
+    assert care.signal(signal.SIGTERM) == 0
+    assert ipvsadm_table(lab) == before
+    assert lab.requests(VIP, count=3)["errors"] == []
+
+
+def test_clean_on_exit_removes_rules(lab: Lab) -> None:
+    care = Care(lab, "--clean-on-exit").start()
+    assert care.signal(signal.SIGTERM) == 0
+    assert ipvsadm_table(lab) == {}
+    assert lab.run("ip", "route", "show", "proto", "76").stdout.strip() == ""
+
+
+def test_restart_after_sigkill_adopts_without_rewriting(lab: Lab, care: Care) -> None:
+    care.start()
+    lab.requests(VIP, count=6)
+    before = ipvsadm_stats(lab, total=6)
+    care.signal(signal.SIGKILL)
+    again = Care(lab).start()
+    try:
+        time.sleep(3)
+        assert again.events("adopted existing rules")
+        assert again.events("ipvs") == []
+        assert ipvsadm_stats(lab) == before
+    finally:
+        again.stop()
+
+
+def test_sighup_applies_config_changes(lab: Lab) -> None:
+    config = lab.workdir / "care.yaml"
+    b1, b2, b3 = (b.address for b in lab.backends)
+
+    def write(rs: list[str]) -> None:
+        config.write_text(f"virtualServers:\n  - vs: {VIP}:6443\n    realServers: {rs}\n")
+
+    write([b1, b2])
+    care = Care(lab, "--config", str(config)).start(wait_for=[b1, b2])
+    try:
+        write([b1, b3])
+        assert care.proc is not None
+        care.proc.send_signal(signal.SIGHUP)
+        wait(lambda: set(real_servers(lab)) == {b1, b3}, 10, care)
+        assert care.events("reloaded")[-1]["added"] == [b3]
+        assert care.events("reloaded")[-1]["removed"] == [b2]
+        # b1 kept its health: no transition logged for it.
+        assert not [e for e in care.events() if e.get("rs") == b1 and "real server" in
+                    str(e["event"])]
+    finally:
+        care.stop()

@@ -1,0 +1,196 @@
+from __future__ import annotations
+
+import ipaddress
+
+import pytest
+
+from lvscare.cli import main
+from lvscare.config import (
+    Endpoint,
+    build_config,
+    parse_duration,
+    parse_endpoint,
+    parse_headers,
+)
+from lvscare.errors import UserError
+
+VS = "10.103.97.2:6443"
+
+
+def cfg(cli=None, env=None, yaml_text=None):  # type: ignore[no-untyped-def]
+    return build_config(cli or {}, env or {}, yaml_text, "care.yaml")
+
+
+@pytest.mark.parametrize("text,seconds", [
+    ("5", 5.0), ("5s", 5.0), ("500ms", 0.5), ("1m30s", 90.0), ("1.5s", 1.5), ("250us", 0.00025),
+])
+def test_durations(text: str, seconds: float) -> None:
+    assert parse_duration(text) == pytest.approx(seconds)
+
+
+@pytest.mark.parametrize("text", ["5x", "s", "", "-1s", "5 s", "1s2"])
+def test_bad_durations(text: str) -> None:
+    with pytest.raises(UserError, match="duration|negative"):
+        parse_duration(text, "--interval")
+
+
+def test_endpoints() -> None:
+    assert parse_endpoint("10.0.0.1:6443") == Endpoint(ipaddress.ip_address("10.0.0.1"), 6443)
+    v6 = parse_endpoint("[fd00::10]:6443")
+    assert str(v6) == "[fd00::10]:6443" and v6.ip.version == 6
+
+
+@pytest.mark.parametrize("text,msg", [
+    ("10.0.0.1", "no port"), ("10.0.0.1:0", "out of range"), ("10.0.0.1:65536", "out of range"),
+    ("fd00::1:6443", "without brackets"), ("host.example:6443", "not an IP"),
+    ("[fd00::1]6443", r"\[IPv6\]:port"), ("0.0.0.0:1", "unicast"), ("10.0.0.1:x", "no valid port"),
+])
+def test_bad_endpoints(text: str, msg: str) -> None:
+    with pytest.raises(UserError, match=msg) as err:
+        parse_endpoint(text, "--rs")
+    assert text in str(err.value) or "--rs" in str(err.value)
+
+
+def test_flags_and_defaults() -> None:
+    c = cfg({"vs": VS, "rs": ["10.0.0.1:6443,10.0.0.2:6443", "10.0.0.3:6443"]})
+    (vs,) = c.virtual_servers
+    assert [str(r.endpoint) for r in vs.real_servers] == [
+        "10.0.0.1:6443", "10.0.0.2:6443", "10.0.0.3:6443"]
+    assert vs.scheduler == "rr" and vs.mode == "route"
+    assert vs.health.path == "/healthz" and vs.health.scheme == "https"
+    assert vs.health.insecure_skip_verify is True
+    assert c.iface == "lvscare" and not c.run_once and not c.clean
+
+
+def test_env_fills_unset_flags_and_flags_win() -> None:
+    env = {"CARE_VS": VS, "CARE_RS": "10.0.0.1:6443,10.0.0.2:6443", "CARE_SCHEDULER": "wrr",
+           "CARE_HEALTH_PATH": "readyz", "CARE_RUN_ONCE": "true", "CARE_INTERVAL": "2"}
+    c = cfg({"scheduler": "lc"}, env)
+    (vs,) = c.virtual_servers
+    assert vs.scheduler == "lc"
+    assert vs.health.path == "/readyz"
+    assert c.run_once and c.interval == 2.0
+    assert len(vs.real_servers) == 2
+
+
+def test_go_flag_spellings() -> None:
+    c = cfg({"vs": VS, "rs": ["10.0.0.1:6443"], "health-scheme": "http", "mode": "",
+             "logger": "DEBG", "health-status": ["401,403"],
+             "health-req-headers": "Authorization=Bearer x,Accept=a,b"})
+    (vs,) = c.virtual_servers
+    assert vs.health.scheme == "http"
+    assert vs.mode == "none"
+    assert c.log_level == "debug"
+    assert vs.health.status == {401, 403}
+    assert vs.health.headers == (("Authorization", "Bearer x"), ("Accept", "a,b"))
+
+
+def test_headers_parse() -> None:
+    assert parse_headers("a=1", "h") == (("a", "1"),)
+    with pytest.raises(UserError, match="key=value"):
+        parse_headers("novalue", "--health-req-headers")
+
+
+@pytest.mark.parametrize("cli,msg", [
+    ({"vs": VS, "rs": ["10.0.0.1:6443", "10.0.0.1:6443"]}, "listed twice"),
+    ({"vs": VS, "rs": ["[fd00::1]:6443"]}, "IPv6 but virtual server"),
+    ({"vs": VS, "rs": ["10.0.0.1:6443"], "scheduler": "fancy"}, "'fancy' is not one of"),
+    ({"vs": VS, "rs": ["10.0.0.1:6443"], "mode": "tunnel"}, "'tunnel' is not one of"),
+    ({"vs": VS}, "no real servers"),
+    ({"rs": ["10.0.0.1:6443"]}, "--rs needs --vs"),
+    ({}, "no virtual server"),
+    ({"vs": VS, "rs": ["10.0.0.1:6443"], "run-once": "true", "clean": "true"}, "together"),
+    ({"vs": VS, "rs": ["10.0.0.1:6443"], "health-cert": "/c"}, "go together"),
+    ({"vs": VS, "rs": ["10.0.0.1:6443"], "health-timeout": "0"}, "more than zero"),
+    ({"vs": VS, "rs": ["10.0.0.1:6443"], "health-status": ["99"]}, "not an HTTP status"),
+    ({"vs": VS, "rs": ["10.0.0.1:6443"], "iface": "a/b"}, "interface name"),
+    ({"vs": VS, "rs": ["10.0.0.1:6443"], "ip": "fd00::1"}, "--ip fd00::1 is IPv6"),
+])
+def test_bad_flags(cli: dict[str, object], msg: str) -> None:
+    with pytest.raises(UserError, match=msg):
+        cfg(cli)
+
+
+def test_clean_needs_no_real_servers() -> None:
+    c = cfg({"vs": VS, "clean": "true"})
+    assert c.clean and c.virtual_servers[0].real_servers == ()
+
+
+YAML = """
+interval: 2s
+mode: link
+health:
+  path: /readyz
+  timeout: 500ms
+virtualServers:
+  - vs: 10.103.97.2:6443
+    realServers:
+      - 192.168.0.2:6443
+      - {address: 192.168.0.3:6443, weight: 3}
+  - vs: "[fd00::10]:6443"
+    scheduler: wrr
+    mode: none
+    health: {path: /livez, status: [401]}
+    realServers: ["[fd00::2]:6443"]
+"""
+
+
+def test_yaml_many_virtual_servers() -> None:
+    c = cfg(yaml_text=YAML)
+    assert c.interval == 2.0 and c.config_file == "care.yaml"
+    v4, v6 = c.virtual_servers
+    assert v4.mode == "link" and v4.health.path == "/readyz" and v4.health.timeout == 0.5
+    assert [(str(r.endpoint), r.weight) for r in v4.real_servers] == [
+        ("192.168.0.2:6443", 1), ("192.168.0.3:6443", 3)]
+    assert v6.mode == "none" and v6.scheduler == "wrr"
+    assert v6.health.path == "/livez" and v6.health.status == {401}
+    assert v6.health.timeout == 0.5  # inherited from the file's health block
+
+
+def test_flags_override_yaml_for_every_virtual_server() -> None:
+    c = cfg({"health-path": "/healthz", "interval": "3"}, yaml_text=YAML)
+    assert c.interval == 3.0
+    assert all(vs.health.path == "/healthz" for vs in c.virtual_servers)
+
+
+def test_vs_flags_need_a_single_vs_file() -> None:
+    with pytest.raises(UserError, match="cannot be combined"):
+        cfg({"rs": ["10.0.0.1:6443"]}, yaml_text=YAML)
+    one = "virtualServers: [{vs: '10.103.97.2:6443', realServers: ['1.1.1.1:6443']}]"
+    c = cfg({"rs": ["10.0.0.9:6443"]}, yaml_text=one)
+    assert [str(r.endpoint) for r in c.virtual_servers[0].real_servers] == ["10.0.0.9:6443"]
+
+
+@pytest.mark.parametrize("text,msg", [
+    ("virtualServers: [{vs: '10.0.0.1:1', realServers: ['1.1.1.1:1'], colour: red}]",
+     "unknown key 'colour'"),
+    ("intervl: 5s", "unknown key 'intervl'"),
+    ("virtualServers: {}", "non-empty list"),
+    ("virtualServers: [{realServers: []}]", "'vs' is required"),
+    ("virtualServers: [{vs: '10.0.0.1:1', realServers: [{address: '1.1.1.1:1', weight: -1}]}]",
+     "at least 0"),
+    ("virtualServers: [{vs: '10.0.0.1:1', realServers: '1.1.1.1:1'}]", "must be a list"),
+    ("health: {timeout: fast}", "not a duration"),
+    ("[1, 2]", "top level must be a mapping"),
+    ("a: [", "line"),
+    ("virtualServers: [{vs: '10.0.0.1:1', realServers: ['1.1.1.1:1']},"
+     " {vs: '10.0.0.1:1', realServers: ['1.1.1.1:1']}]", "listed twice"),
+])
+def test_bad_yaml(text: str, msg: str) -> None:
+    with pytest.raises(UserError, match=msg) as err:
+        cfg(yaml_text=text)
+    assert "care.yaml" in str(err.value)
+
+
+def test_cli_bad_input_is_one_line_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
+    for argv in (["care", "--vs", VS, "--rs", "1.2.3.4:0", "--run-once"],
+                 ["care", "--vs", VS, "--rs", "1.2.3.4:1", "--bogus"],
+                 ["care", "--config", "/nonexistent/care.yaml", "--run-once"]):
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and err.startswith("lvscare: error:")
+
+
+def test_cli_version(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["version", "--short"]) == 0
+    assert capsys.readouterr().out.strip().startswith("v")
