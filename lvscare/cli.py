@@ -87,6 +87,8 @@ def make_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     care = sub.add_parser("care", help="program and health-check an IPVS virtual server")
     _add_care_flags(care)
+    demo = sub.add_parser("demo", help="show a failover end to end (boots a test kernel if needed)")
+    demo.add_argument("--mode", choices=("route", "link"), default="route")
     version = sub.add_parser("version", help="print the version")
     version.add_argument("--short", action="store_true")
     return parser
@@ -143,8 +145,15 @@ def cmd_care(args: argparse.Namespace) -> int:
     return daemon.run(cfg, reload=lambda: load_config(values, env))
 
 
+def cmd_demo(args: argparse.Namespace) -> int:
+    from lvscare import demo
+
+    return demo.main(args.mode)
+
+
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "care": cmd_care,
+    "demo": cmd_demo,
     "version": cmd_version,
 }
 

@@ -12,6 +12,7 @@ the apiservers while the static pod restarts); ``--clean-on-exit`` removes them.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import random
 import signal
@@ -205,7 +206,7 @@ class Daemon:
                 self._observe(vs, rs, result)
             except asyncio.CancelledError:
                 raise
-            except Exception as exc:  # noqa: BLE001 - one probe must not end the daemon
+            except Exception as exc:
                 log.error("probe crashed", vs=str(vs.endpoint), rs=str(rs), error=repr(exc))
             h = self.health.get(key)
             if h is None:
@@ -258,7 +259,7 @@ class Daemon:
                 if failing:
                     log.info("reconcile recovered")
                 failing, backoff = False, 0.0
-            except Exception as exc:  # noqa: BLE001 - kernel errors back off, never end the daemon
+            except Exception as exc:
                 self.stats.reconcile_errors += 1
                 backoff = min(MAX_BACKOFF, max(self.cfg.interval, backoff * 2))
                 if not failing:
@@ -267,10 +268,8 @@ class Daemon:
                 failing = True
             self._wake.clear()
             wait = backoff or self.cfg.interval
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), wait)
-            except TimeoutError:
-                pass
 
     async def reconcile_once(self) -> list[Op]:
         now = time.monotonic()

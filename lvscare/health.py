@@ -18,19 +18,19 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
-from enum import Enum
+from enum import StrEnum
 
 from lvscare.config import Endpoint, VirtualServer
 
 
-class State(str, Enum):
+class State(StrEnum):
     HEALTHY = "healthy"
     FAILING = "failing"
     DOWN = "down"
     RECOVERING = "recovering"
 
 
-class Outcome(str, Enum):
+class Outcome(StrEnum):
     OK = "ok"
     REFUSED = "refused"
     RESET = "reset"

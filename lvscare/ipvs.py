@@ -20,7 +20,6 @@ import socket
 import struct
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 from pyroute2 import AsyncIPVS
 from pyroute2.netlink import NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL, NLM_F_REQUEST
@@ -70,6 +69,7 @@ READ_ALL_ABOVE = 32
 SOL_NETLINK = 270
 NETLINK_CAP_ACK = 10  # error acks without the echoed request: smaller replies, more per batch
 NLMSG_ERROR = 2
+NLMSG_DONE = 3
 NETLINK_GENERIC = 16
 
 
@@ -166,8 +166,7 @@ def _dest_nlas(endpoint: Endpoint, dest: Dest | None) -> bytes:
     return out
 
 
-def encode_op(op: Op, family_id: int, seq: int) -> bytes:
-    """One complete netlink message (header included) for one operation."""
+def _op_request(op: Op) -> tuple[int, bytes, int]:
     cmd, flags = _FLAGS[type(op)]
     match op:
         case AddService(s) | SetService(s):
@@ -180,78 +179,93 @@ def encode_op(op: Op, family_id: int, seq: int) -> bytes:
         case DelDest(key, endpoint):
             body = (_nla(_CMD_ATTR_SERVICE, _service_key_nlas(key))
                     + _nla(_CMD_ATTR_DEST, _dest_nlas(endpoint, None)))
+    return cmd, body, flags
+
+
+def encode_op(op: Op, family_id: int, seq: int) -> bytes:
+    """One complete netlink message (header included) for one operation."""
+    cmd, body, flags = _op_request(op)
+    return encode_request(cmd, body, family_id, seq, flags)
+
+
+def encode_request(cmd: int, body: bytes, family_id: int, seq: int, flags: int) -> bytes:
     genl_header = struct.pack("=BBH", cmd, genl.GENL_VERSION, 0)
     return struct.pack("=IHHII", 20 + len(body), family_id, flags, seq, 0) + genl_header + body
 
 
-def _service_attrs(key: ServiceKey) -> dict[str, Any]:
-    ep = key.endpoint
-    return {"attrs": [
-        ("IPVS_SVC_ATTR_AF", ep.family),
-        ("IPVS_SVC_ATTR_PROTOCOL", key.protocol),
-        ("IPVS_SVC_ATTR_ADDR", str(ep.ip)),
-        ("IPVS_SVC_ATTR_PORT", ep.port),
-    ]}
+# -- decoding ----------------------------------------------------------------------------------
 
 
-def _message(cmd: int, attrs: list[tuple[str, Any]]) -> Any:
-    msg = genl.ipvsmsg()
-    msg["cmd"] = cmd
-    msg["version"] = genl.GENL_VERSION
-    msg["attrs"] = attrs
-    return msg
+def parse_nlas(data: bytes, offset: int = 0, end: int | None = None) -> dict[int, bytes]:
+    """Attributes of one level, by type (the nested flag masked off)."""
+    end = len(data) if end is None else end
+    out: dict[int, bytes] = {}
+    while offset + 4 <= end:
+        length, kind = struct.unpack_from("=HH", data, offset)
+        if length < 4:
+            break
+        out[kind & 0x3FFF] = data[offset + 4:offset + length]
+        offset += (length + 3) & ~3
+    return out
 
 
-def _endpoint(ip: str, port: int) -> Endpoint:
-    return Endpoint(ipaddress.ip_address(ip), port)
+def _ip(raw: bytes, family: int) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    return ipaddress.ip_address(bytes(raw[:4] if family == socket.AF_INET else raw[:16]))
 
 
-def decode_service(msg: Any) -> ServiceSpec | None:
-    """A service from a netlink reply; None for fwmark services, which lvscare never owns."""
-    svc = msg.get_attr("IPVS_CMD_ATTR_SERVICE")
-    addr = svc.get_attr("IPVS_SVC_ATTR_ADDR")
-    if addr is None or svc.get_attr("IPVS_SVC_ATTR_FWMARK"):
+def decode_service(payload: bytes) -> ServiceSpec | None:
+    """A service from the genl payload of a reply; None for fwmark services (never ours)."""
+    svc = parse_nlas(parse_nlas(payload).get(_CMD_ATTR_SERVICE, b""))
+    if _SVC_ADDR not in svc:
         return None
-    flags = svc.get_attr("IPVS_SVC_ATTR_FLAGS") or {"flags": 0}
-    key = ServiceKey(_endpoint(addr, svc.get_attr("IPVS_SVC_ATTR_PORT")),
-                     svc.get_attr("IPVS_SVC_ATTR_PROTOCOL"))
+    family = struct.unpack("=H", svc[_SVC_AF])[0]
+    key = ServiceKey(Endpoint(_ip(svc[_SVC_ADDR], family), struct.unpack(">H", svc[_SVC_PORT])[0]),
+                     struct.unpack("=H", svc[_SVC_PROTOCOL])[0])
+    flags = struct.unpack_from("=I", svc.get(_SVC_FLAGS, b"\0" * 8))[0]
+    timeout = struct.unpack("=I", svc[_SVC_TIMEOUT])[0] if _SVC_TIMEOUT in svc else 0
     # The kernel reports its internal HASHED bit (0x2); it is not ours to compare.
-    return ServiceSpec(key, svc.get_attr("IPVS_SVC_ATTR_SCHED_NAME"),
-                       flags.get("flags", 0) & ~0x2, svc.get_attr("IPVS_SVC_ATTR_TIMEOUT") or 0)
+    return ServiceSpec(key, svc[_SVC_SCHED_NAME].rstrip(b"\0").decode(), flags & ~0x2, timeout)
 
 
-def decode_dest(msg: Any) -> Dest:
-    d = msg.get_attr("IPVS_CMD_ATTR_DEST")
-    return Dest(
-        _endpoint(d.get_attr("IPVS_DEST_ATTR_ADDR"), d.get_attr("IPVS_DEST_ATTR_PORT")),
-        d.get_attr("IPVS_DEST_ATTR_WEIGHT"),
-        d.get_attr("IPVS_DEST_ATTR_FWD_METHOD") & 0x7,
-        d.get_attr("IPVS_DEST_ATTR_ACTIVE_CONNS") or 0,
-        d.get_attr("IPVS_DEST_ATTR_INACT_CONNS") or 0,
-    )
+_DEST_ACTIVE_CONNS, _DEST_INACT_CONNS = 7, 8
+
+
+def decode_dest(payload: bytes, family: int) -> Dest:
+    d = parse_nlas(parse_nlas(payload).get(_CMD_ATTR_DEST, b""))
+    if _DEST_ADDR_FAMILY in d:
+        family = struct.unpack("=H", d[_DEST_ADDR_FAMILY])[0]
+
+    def u32(kind: int) -> int:
+        return struct.unpack("=I", d[kind])[0] if kind in d else 0
+
+    return Dest(Endpoint(_ip(d[_DEST_ADDR], family), struct.unpack(">H", d[_DEST_PORT])[0]),
+                u32(_DEST_WEIGHT), u32(_DEST_FWD_METHOD) & 0x7,
+                u32(_DEST_ACTIVE_CONNS), u32(_DEST_INACT_CONNS))
 
 
 class IPVS:
     """The kernel's IPVS table: open once, reuse for the life of the process.
 
-    Reads go through pyroute2's ``AsyncIPVS`` (it resolves the generic netlink family, which also
-    makes the kernel load ``ip_vs``, and decodes dumps). Writes go through a second socket of the
-    same family, many messages per ``send()``, because the kernel answers a batch with one ack per
-    message and a failed message does not stop the ones after it.
+    pyroute2's ``AsyncIPVS`` resolves the generic netlink family (which also makes the kernel load
+    ``ip_vs``). Requests then go over one socket of that family with messages encoded and decoded
+    here: many per ``send()``, each acknowledged on its own, so a failed one does not stop those
+    after it. pyroute2's per-message machinery costs more CPU than the kernel's work; measured in
+    ``bench/reconcile.py``.
     """
 
     def __init__(self) -> None:
-        self._sock: Any = None
-        self._writer: socket.socket | None = None
+        self._family = 0
+        self._sock: socket.socket | None = None
         self._seq = 0
+        self._lock = asyncio.Lock()
         self.writes = 0  # messages sent that change the table; tests assert idempotence with it
 
     async def open(self) -> IPVS:
-        sock = AsyncIPVS()
+        resolver = AsyncIPVS()
         try:
-            await sock.setup_endpoint()
+            await resolver.setup_endpoint()
+            self._family = resolver.prid
         except NetlinkError as exc:
-            sock.close()
             if exc.code in (errno_mod.ENOENT, errno_mod.EOPNOTSUPP):
                 raise KernelError("IPVS is not available in this kernel: load it with "
                                   "'modprobe ip_vs' (and mount /lib/modules into the container)",
@@ -259,28 +273,25 @@ class IPVS:
             raise KernelError(f"cannot open IPVS netlink: {describe_errno(exc.code)}",
                               exc.code) from None
         except OSError as exc:
-            sock.close()
             raise KernelError(f"cannot open IPVS netlink: {exc}", exc.errno) from None
-        writer = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_GENERIC)
-        writer.bind((0, 0))
-        writer.setblocking(False)
-        writer.setsockopt(SOL_NETLINK, NETLINK_CAP_ACK, 1)
+        finally:
+            resolver.close()
+        sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_GENERIC)
+        sock.bind((0, 0))
+        sock.setblocking(False)
+        sock.setsockopt(SOL_NETLINK, NETLINK_CAP_ACK, 1)
         for opt, force in ((socket.SO_RCVBUF, 33), (socket.SO_SNDBUF, 32)):  # *BUFFORCE
             try:
-                writer.setsockopt(socket.SOL_SOCKET, force, 1 << 21)
+                sock.setsockopt(socket.SOL_SOCKET, force, 1 << 21)
             except OSError:
-                writer.setsockopt(socket.SOL_SOCKET, opt, 1 << 21)
+                sock.setsockopt(socket.SOL_SOCKET, opt, 1 << 21)
         self._sock = sock
-        self._writer = writer
         return self
 
     def close(self) -> None:
         if self._sock is not None:
             self._sock.close()
             self._sock = None
-        if self._writer is not None:
-            self._writer.close()
-            self._writer = None
 
     async def __aenter__(self) -> IPVS:
         return await self.open()
@@ -288,30 +299,63 @@ class IPVS:
     async def __aexit__(self, *exc: object) -> None:
         self.close()
 
+    # -- transport -------------------------------------------------------------------------------
+
+    def _next_seq(self, count: int) -> int:
+        first = self._seq + 1
+        self._seq = (self._seq + count) % 0x7FFFFFFF
+        return first
+
+    async def _exchange(self, messages: list[tuple[int, bytes, int]]) -> list[tuple[list[bytes], int]]:
+        """Send (cmd, body, flags) requests in one send(); per request its reply payloads and
+        errno. Dump requests must be sent alone (the kernel runs one dump per socket at a time)."""
+        sock = self._sock
+        assert sock is not None, "IPVS.open() first"
+        loop = asyncio.get_running_loop()
+        first = self._next_seq(len(messages))
+        data = b"".join(encode_request(cmd, body, self._family, first + i, flags)
+                        for i, (cmd, body, flags) in enumerate(messages))
+        replies: list[list[bytes]] = [[] for _ in messages]
+        codes: list[int | None] = [None] * len(messages)
+        pending = len(messages)
+        async with self._lock:
+            try:
+                async with asyncio.timeout(TIMEOUT):
+                    await loop.sock_sendall(sock, data)
+                    while pending:
+                        chunk = await loop.sock_recv(sock, 1 << 17)
+                        offset = 0
+                        while offset + 16 <= len(chunk):
+                            length, kind, _, seq, _ = struct.unpack_from("=IHHII", chunk, offset)
+                            if length < 16:
+                                break
+                            index = seq - first
+                            if 0 <= index < len(messages) and codes[index] is None:
+                                if kind in (NLMSG_ERROR, NLMSG_DONE):
+                                    code = (-struct.unpack_from("=i", chunk, offset + 16)[0]
+                                            if length >= 20 else 0)
+                                    codes[index] = code
+                                    pending -= 1
+                                else:
+                                    replies[index].append(chunk[offset + 20:offset + length])
+                            offset += (length + 3) & ~3
+            except TimeoutError:
+                raise KernelError("IPVS netlink did not answer in time", errno_mod.ETIMEDOUT) from None
+            except OSError as exc:
+                raise KernelError(f"IPVS netlink: {exc.strerror or exc}", exc.errno) from None
+        return [(r, c or 0) for r, c in zip(replies, codes, strict=True)]
+
     # -- reading -------------------------------------------------------------------------------
 
-    async def _request(self, cmd: int, attrs: list[tuple[str, Any]], flags: int) -> list[Any]:
-        async def collect() -> list[Any]:
-            request = await self._sock.nlm_request(
-                _message(cmd, attrs), msg_type=self._sock.prid, msg_flags=flags)
-            return [m async for m in request if m.get("cmd") is not None]
-
-        try:
-            return await asyncio.wait_for(collect(), TIMEOUT)
-        except TimeoutError:
-            raise KernelError("IPVS netlink did not answer in time", errno_mod.ETIMEDOUT) from None
-
     async def _dests(self, key: ServiceKey) -> dict[Endpoint, Dest]:
-        try:
-            msgs = await self._request(genl.IPVS_CMD_GET_DEST,
-                                       [("IPVS_CMD_ATTR_SERVICE", _service_attrs(key))],
-                                       NLM_F_REQUEST | NLM_F_DUMP)
-        except NetlinkError as exc:
-            if exc.code == errno_mod.ESRCH:  # deleted between the two reads
-                return {}
-            raise KernelError(f"IPVS read of {key} failed: {describe_errno(exc.code)}",
-                              exc.code) from None
-        dests = (decode_dest(m) for m in msgs)
+        body = _nla(_CMD_ATTR_SERVICE, _service_key_nlas(key))
+        ((payloads, code),) = await self._exchange(
+            [(genl.IPVS_CMD_GET_DEST, body, NLM_F_REQUEST | NLM_F_DUMP)])
+        if code == errno_mod.ESRCH:  # deleted between the two reads
+            return {}
+        if code:
+            raise KernelError(f"IPVS read of {key} failed: {describe_errno(code)}", code)
+        dests = (decode_dest(p, key.endpoint.family) for p in payloads)
         return {d.endpoint: d for d in dests}
 
     async def read(self, keys: Iterable[ServiceKey]) -> Table:
@@ -325,30 +369,30 @@ class IPVS:
             everything = await self.read_all()
             return {k: everything[k] for k in keys if k in everything}
         table: Table = {}
-        for key in keys:
-            try:
-                msgs = await self._request(genl.IPVS_CMD_GET_SERVICE,
-                                           [("IPVS_CMD_ATTR_SERVICE", _service_attrs(key))],
-                                           _REQ)
-            except NetlinkError as exc:
-                if exc.code in (errno_mod.ESRCH, errno_mod.ENOENT):
+        for start in range(0, len(keys), BATCH):
+            chunk = keys[start:start + BATCH]
+            replies = await self._exchange(
+                [(genl.IPVS_CMD_GET_SERVICE, _nla(_CMD_ATTR_SERVICE, _service_key_nlas(k)), _REQ)
+                 for k in chunk])
+            for key, (payloads, code) in zip(chunk, replies, strict=True):
+                if code in (errno_mod.ESRCH, errno_mod.ENOENT):
                     continue
-                raise KernelError(f"IPVS read of {key} failed: {describe_errno(exc.code)}",
-                                  exc.code) from None
-            spec = decode_service(msgs[0]) if msgs else None
-            if spec is not None:
-                table[key] = ServiceState(spec, await self._dests(key))
+                if code:
+                    raise KernelError(f"IPVS read of {key} failed: {describe_errno(code)}", code)
+                spec = decode_service(payloads[0]) if payloads else None
+                if spec is not None:
+                    table[key] = ServiceState(spec, await self._dests(key))
         return table
 
     async def read_all(self) -> Table:
         """Every TCP/UDP service in the kernel, ours or not."""
+        ((payloads, code),) = await self._exchange(
+            [(genl.IPVS_CMD_GET_SERVICE, b"", NLM_F_REQUEST | NLM_F_DUMP)])
+        if code:
+            raise KernelError(f"IPVS dump failed: {describe_errno(code)}", code)
         table: Table = {}
-        try:
-            msgs = await self._request(genl.IPVS_CMD_GET_SERVICE, [], NLM_F_REQUEST | NLM_F_DUMP)
-        except NetlinkError as exc:
-            raise KernelError(f"IPVS dump failed: {describe_errno(exc.code)}", exc.code) from None
-        for msg in msgs:
-            spec = decode_service(msg)
+        for payload in payloads:
+            spec = decode_service(payload)
             if spec is not None:
                 table[spec.key] = ServiceState(spec, await self._dests(spec.key))
         return table
@@ -360,37 +404,11 @@ class IPVS:
         result = ApplyResult()
         for start in range(0, len(ops), BATCH):
             chunk = ops[start:start + BATCH]
-            codes = await asyncio.wait_for(self._send_batch(chunk), TIMEOUT)
+            replies = await self._exchange([_op_request(op) for op in chunk])
             self.writes += len(chunk)
-            for op, code in zip(chunk, codes, strict=True):
+            for op, (_, code) in zip(chunk, replies, strict=True):
                 if code:
                     result.failed.append(OpError(op, code))
                 else:
                     result.applied.append(op)
         return result
-
-    async def _send_batch(self, ops: Sequence[Op]) -> list[int]:
-        writer = self._writer
-        assert writer is not None, "IPVS.open() first"
-        loop = asyncio.get_running_loop()
-        family = self._sock.prid
-        first = self._seq + 1
-        self._seq += len(ops)
-        data = b"".join(encode_op(op, family, first + i) for i, op in enumerate(ops))
-        try:
-            await loop.sock_sendall(writer, data)
-        except OSError as exc:
-            raise KernelError(f"IPVS netlink send failed: {exc}", exc.errno) from None
-        codes: dict[int, int] = {}
-        while len(codes) < len(ops):
-            try:
-                chunk = await loop.sock_recv(writer, 1 << 16)
-            except OSError as exc:
-                raise KernelError(f"IPVS netlink receive failed: {exc}", exc.errno) from None
-            offset = 0
-            while offset + 16 <= len(chunk):
-                length, kind, _, seq, _ = struct.unpack_from("=IHHII", chunk, offset)
-                if kind == NLMSG_ERROR and first <= seq < first + len(ops):
-                    codes[seq] = -struct.unpack_from("=i", chunk, offset + 16)[0]
-                offset += (length + 3) & ~3 if length else len(chunk)
-        return [codes[first + i] for i in range(len(ops))]

@@ -61,6 +61,8 @@ def available() -> bool:
 
 
 def host_has_ipvs() -> bool:
+    if not Path("/proc/net/ip_vs").exists() and shutil.which("modprobe"):
+        subprocess.run(["modprobe", "-q", "ip_vs"], capture_output=True, check=False)
     return Path("/proc/net/ip_vs").exists()
 
 

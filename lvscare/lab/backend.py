@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import socket
 import ssl
-import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -73,8 +72,7 @@ def main() -> None:
             conn, addr = self.socket.accept()
             if fault() == "tls-hang":
                 # Hold the socket open without a handshake; the client must time out.
-                threading.Thread(target=lambda: (time.sleep(3600), conn.close()),
-                                 daemon=True).start()
+                held.append(conn)
                 raise OSError("holding connection")
             if ctx is not None:
                 conn = ctx.wrap_socket(conn, server_side=True, do_handshake_on_connect=False)
@@ -89,6 +87,7 @@ def main() -> None:
         def handle_error(self, request: object, client_address: object) -> None:
             pass
 
+    held: list[socket.socket] = []
     ctx = None
     if args.cert:
         ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)

@@ -41,7 +41,22 @@ def main() -> None:
     ap.add_argument("--count", type=int, default=9)
     ap.add_argument("--timeout", type=float, default=2.0)
     ap.add_argument("--plain", action="store_true", help="HTTP instead of HTTPS")
+    ap.add_argument("--every", type=float, default=0.0,
+                    help="stream: one request this often, one JSON line each, for --count")
     args = ap.parse_args()
+    if args.every:
+        # Bounded: --count requests, one every --every seconds.
+        for _ in range(args.count):
+            started = time.time()
+            try:
+                line = {"t": started, "ok": True,
+                        "backend": request(args.host, args.port, args.timeout, not args.plain)}
+            except OSError as exc:
+                line = {"t": started, "ok": False, "error": type(exc).__name__}
+            line["took"] = round(time.time() - started, 4)
+            print(json.dumps(line), flush=True)
+            time.sleep(max(0.0, args.every - (time.time() - started)))
+        return
     answers: collections.Counter[str] = collections.Counter()
     errors: list[str] = []
     started = time.monotonic()

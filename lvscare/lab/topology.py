@@ -13,6 +13,7 @@ apiserver of a control-plane node does.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import shutil
@@ -135,10 +136,8 @@ class Lab:
             self.kill(backend)
         for ns in [self.node, *self.extra_netns]:
             for pid in sh("ip", "netns", "pids", ns, check=False).stdout.split():
-                try:
+                with contextlib.suppress(ProcessLookupError, ValueError):
                     os.kill(int(pid), signal.SIGKILL)
-                except (ProcessLookupError, ValueError):
-                    pass
             sh("ip", "netns", "del", ns, check=False)
         shutil.rmtree(self.workdir, ignore_errors=True)
 

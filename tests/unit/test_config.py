@@ -30,7 +30,7 @@ def test_durations(text: str, seconds: float) -> None:
 
 @pytest.mark.parametrize("text", ["5x", "s", "", "-1s", "5 s", "1s2"])
 def test_bad_durations(text: str) -> None:
-    with pytest.raises(UserError, match="duration|negative"):
+    with pytest.raises(UserError, match=r"duration|negative"):
         parse_duration(text, "--interval")
 
 

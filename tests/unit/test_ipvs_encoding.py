@@ -42,7 +42,7 @@ def decode(data: bytes):  # type: ignore[no-untyped-def]
 @pytest.mark.parametrize("key", [V4, V6])
 def test_service_messages(key: ServiceKey) -> None:
     data = encode_op(AddService(Service(key, "wrr")), 33, 7)
-    length, kind, flags, seq, _ = struct.unpack_from("=IHHII", data)
+    length, kind, _flags, seq, _ = struct.unpack_from("=IHHII", data)
     assert (length, kind, seq) == (len(data), 33, 7)
     msg = decode(data)
     assert msg["cmd"] == genl.IPVS_CMD_NEW_SERVICE
@@ -73,3 +73,33 @@ def test_dest_messages() -> None:
     gone = decode(encode_op(DelDest(V6, ep("fd00::5", 6443)), 33, 3))
     assert gone["cmd"] == genl.IPVS_CMD_DEL_DEST
     assert gone.get_attr("IPVS_CMD_ATTR_DEST").get_attr("IPVS_DEST_ATTR_ADDR") == "fd00::5"
+
+
+def test_decoder_reads_what_pyroute2_encodes() -> None:
+    """Replies as the kernel sends them (encoded here by pyroute2) decode to our model."""
+    from lvscare.ipvs import decode_dest, decode_service
+
+    msg = genl.ipvsmsg()
+    msg["cmd"] = genl.IPVS_CMD_NEW_SERVICE
+    msg["version"] = 1
+    msg["attrs"] = [("IPVS_CMD_ATTR_SERVICE", {"attrs": [
+        ("IPVS_SVC_ATTR_AF", socket.AF_INET6), ("IPVS_SVC_ATTR_PROTOCOL", socket.IPPROTO_TCP),
+        ("IPVS_SVC_ATTR_ADDR", "fd00::10"), ("IPVS_SVC_ATTR_PORT", 6443),
+        ("IPVS_SVC_ATTR_SCHED_NAME", "wlc"), ("IPVS_SVC_ATTR_FLAGS", {"flags": 2, "mask": 0}),
+        ("IPVS_SVC_ATTR_TIMEOUT", 0)]})]
+    msg.encode()
+    spec = decode_service(msg.data[20:])
+    assert spec == Service(V6, "wlc")  # the kernel's HASHED flag is not a difference
+
+    msg = genl.ipvsmsg()
+    msg["cmd"] = genl.IPVS_CMD_NEW_DEST
+    msg["version"] = 1
+    msg["attrs"] = [("IPVS_CMD_ATTR_DEST", {"attrs": [
+        ("IPVS_DEST_ATTR_ADDR_FAMILY", socket.AF_INET), ("IPVS_DEST_ATTR_ADDR", "10.0.0.5"),
+        ("IPVS_DEST_ATTR_PORT", 6443), ("IPVS_DEST_ATTR_FWD_METHOD", 0),
+        ("IPVS_DEST_ATTR_WEIGHT", 3), ("IPVS_DEST_ATTR_ACTIVE_CONNS", 4),
+        ("IPVS_DEST_ATTR_INACT_CONNS", 5)]})]
+    msg.encode()
+    dest = decode_dest(msg.data[20:], socket.AF_INET)
+    assert dest == Dest(ep("10.0.0.5", 6443), 3)
+    assert (dest.active_conns, dest.inactive_conns) == (4, 5)
