@@ -9,6 +9,7 @@ virtualenv and sources are visible at the same paths. Used by ``scripts/kernel-t
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shlex
@@ -17,6 +18,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -100,21 +102,31 @@ def boot(
         init = out / "init.sh"
         init.write_text(script)
         init.chmod(0o755)
-        argv = [uml, f"mem={mem}", "rootfstype=hostfs", "rootflags=/", "ro",
+        argv = [uml, f"umid=lvscare-{os.getpid()}-{out.name[-6:]}", f"mem={mem}",
+                "rootfstype=hostfs", "rootflags=/", "ro",
                 f"init={init}", "con=null", "con0=null,fd:1", "quiet"]
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT, start_new_session=True)
         sink = stdout if stdout is not None else sys.stdout.fileno()
-        try:
+
+        def copy() -> None:
             assert proc.stdout is not None
             for line in iter(proc.stdout.readline, b""):
                 if not _NOISE.search(line):
                     os.write(sink, line)
+
+        reader = threading.Thread(target=copy, daemon=True)
+        reader.start()
+        try:
             proc.wait(timeout=timeout)
         except (subprocess.TimeoutExpired, KeyboardInterrupt):
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
             raise
+        finally:
+            # UML's helper processes may outlive the kernel and hold the pipe open.
+            reader.join(2)
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
         rc_file = out / "rc"
         if not rc_file.exists():
             os.write(sink, b"test kernel: the command did not finish (kernel panic or killed)\n")

@@ -3,9 +3,9 @@
 IPVS catches a locally generated packet in LOCAL_OUT, after routing chose its source address. The
 apiservers have no route back to the VIP, so that source must be an address they can answer:
 
-* ``route``: a host route for the VIP whose preferred source is the node's own address. No
-  iptables. A real server on the node itself does not work this way (the kernel sees its own
-  address on both ends); use ``link`` on control-plane nodes.
+* ``route``: a host route for the VIP whose preferred source is the node's own address (of type
+  local, see below). No iptables, no interface. Works for remote real servers and for one on
+  the node itself.
 * ``link``: the VIP on a dummy interface (as kube-proxy's ``kube-ipvs0``), and source NAT of what
   IPVS sends to a real server, in our own nat chain. Works for local and remote real servers.
 * ``none``: IPVS only.
@@ -23,7 +23,6 @@ import os
 import shutil
 import socket
 import subprocess
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +36,6 @@ from lvscare.errors import KernelError
 log = structlog.get_logger("lvscare.vip")
 
 RTPROT_LVSCARE = 76  # unassigned in iproute2's rt_protos; marks routes that are ours
-ROUTE_METRIC = 50  # as Go lvscare
 NAT_CHAIN = "LVSCARE-POSTROUTING"
 IFA_F_NODAD = 0x02
 
@@ -94,76 +92,81 @@ def _family(ip: IPAddress) -> int:
 
 
 # -- route mode ------------------------------------------------------------------------------
+# The VIP becomes a local destination through a route of type "local" in the local table whose
+# preferred source is the node's own address: ``local VIP dev lo src NODE_IP proto 76``.
+# Measured in the test kernel against the Go lvscare's "VIP via NODE_IP" route: the same source
+# address (so real servers can answer without any NAT), but it also works for a real server on
+# the node itself, needs no gateway, and a packet that IPVS no longer takes (its real server was
+# deleted) reaches the local stack, which answers it with a reset, so clients reconnect at once
+# instead of retransmitting into a route that leads nowhere.
+
+RT_TABLE_LOCAL = 255
+RTN_LOCAL = 2
+RT_SCOPE_HOST = 254
 
 
-@dataclass(frozen=True)
-class RoutePlan:
-    oif: int
-    gateway: str | None
-    source: str
-
-
-async def _route_plan(ipr: Any, vs: VirtualServer, node_ip: IPAddress | None) -> RoutePlan:
-    """Send VIP traffic where the first real server's traffic goes, sourced from the node's IP."""
-    target = vs.real_servers[0].endpoint.ip if vs.real_servers else node_ip
-    if target is None:
-        raise KernelError(f"route mode for {vs.endpoint}: no real server to route towards")
+async def _node_source(ipr: Any, vs: VirtualServer, node_ip: IPAddress | None) -> str:
+    """--ip, else the source address of the node's route to the first real server."""
+    if node_ip is not None:
+        return str(node_ip)
+    if not vs.real_servers:
+        raise KernelError(f"route mode for {vs.endpoint}: no real server to route towards; "
+                          "give --ip")
+    target = vs.real_servers[0].endpoint.ip
     try:
-        kwargs: dict[str, Any] = {"dst": str(target), "family": _family(target)}
-        if node_ip is not None:
-            kwargs["src"] = str(node_ip)
-        routes = await ipr.route("get", **kwargs)
+        routes = await ipr.route("get", dst=str(target), family=_family(target))
     except NetlinkError as exc:
         raise KernelError(f"route mode for {vs.endpoint}: no route to real server {target}: "
-                          f"{os_strerror(exc.code)}", exc.code) from None
-    route = routes[0]
-    source = str(node_ip) if node_ip is not None else route.get("prefsrc")
+                          f"{os_strerror(exc.code)}; give --ip", exc.code) from None
+    source = routes[0].get("prefsrc") if routes else None
     if not source:
         raise KernelError(f"route mode for {vs.endpoint}: cannot tell the node's address; "
                           "give --ip")
-    return RoutePlan(route.get("oif"), route.get("gateway"), source)
+    return str(source)
 
 
 async def _our_routes(ipr: Any, vip: IPAddress) -> list[Any]:
     found = []
-    async for r in await ipr.route("dump", family=_family(vip)):
-        if (r.get("dst") == str(vip) and r.get("dst_len") == _prefixlen(vip)
-                and r.get("proto") == RTPROT_LVSCARE):
-            found.append(r)
+    for table in (RT_TABLE_LOCAL, 254):  # 254: routes of earlier versions, to clean them up
+        async for r in await ipr.route("dump", family=_family(vip), table=table):
+            if (r.get("dst") == str(vip) and r.get("dst_len") == _prefixlen(vip)
+                    and r.get("proto") == RTPROT_LVSCARE):
+                found.append(r)
     return found
 
 
 async def ensure_route(ipr: Any, vs: VirtualServer, node_ip: IPAddress | None) -> bool:
-    """Make the VIP host route match the plan; True if it changed anything."""
+    """Make the VIP's local route match; True if it changed anything."""
     vip = vs.endpoint.ip
-    plan = await _route_plan(ipr, vs, node_ip)
+    source = await _node_source(ipr, vs, node_ip)
     current = await _our_routes(ipr, vip)
     if len(current) == 1:
         r = current[0]
-        if (r.get("oif") == plan.oif and r.get("gateway") == plan.gateway
-                and r.get("prefsrc") == plan.source and r.get("priority") == ROUTE_METRIC):
+        if (r.get("type") == RTN_LOCAL and r.get("table") == RT_TABLE_LOCAL
+                and r.get("prefsrc") == source):
             return False
     for r in current:
         await _delete_route(ipr, r)
-    kwargs: dict[str, Any] = {
-        "dst": f"{vip}/{_prefixlen(vip)}", "family": _family(vip), "oif": plan.oif,
-        "prefsrc": plan.source, "proto": RTPROT_LVSCARE, "priority": ROUTE_METRIC,
-    }
-    if plan.gateway:
-        kwargs["gateway"] = plan.gateway
+    lo = (await ipr.link_lookup(ifname="lo"))[0]
     try:
-        await ipr.route("replace", **kwargs)
+        await ipr.route("replace", dst=f"{vip}/{_prefixlen(vip)}", family=_family(vip),
+                        type=RTN_LOCAL, scope=RT_SCOPE_HOST, table=RT_TABLE_LOCAL, oif=lo,
+                        prefsrc=source, proto=RTPROT_LVSCARE)
     except NetlinkError as exc:
-        raise KernelError(f"cannot add route for VIP {vip} (source {plan.source}): "
+        raise KernelError(f"cannot add route for VIP {vip} (source {source}): "
                           f"{os_strerror(exc.code)}", exc.code) from None
-    log.info("route set", vip=str(vip), source=plan.source, gateway=plan.gateway)
+    log.info("route set", vip=str(vip), source=source)
     return True
 
 
 async def _delete_route(ipr: Any, r: Any) -> None:
+    kwargs: dict[str, Any] = {"dst": f"{r.get('dst')}/{r.get('dst_len')}", "family": r["family"],
+                              "type": r["type"], "scope": r["scope"], "proto": RTPROT_LVSCARE,
+                              "table": r.get("table")}
+    if r.get("priority") is not None:
+        kwargs["priority"] = r.get("priority")
     try:
-        await ipr.route("del", dst=f"{r.get('dst')}/{r.get('dst_len')}", family=r["family"],
-                        proto=RTPROT_LVSCARE, priority=r.get("priority"), table=r.get("table"))
+        await ipr.route("del", **kwargs)
     except NetlinkError as exc:
         if exc.code != errno.ESRCH:
             raise KernelError(f"cannot delete route for {r.get('dst')}: "

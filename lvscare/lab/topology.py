@@ -120,14 +120,15 @@ class Lab:
         backend.proc = None
 
     def blackhole(self, backend: Backend, on: bool = True) -> None:
-        """Drop every packet on the backend's side, as a powered-off or partitioned host."""
+        """Drop every packet the backend sends or receives, as a powered-off or partitioned
+        host behind a switch: its link stays up, so nothing tells the node."""
         if backend.local:
             raise ValueError("cannot blackhole the node's own address")
-        state = "down" if on else "up"
-        sh("ip", "-n", backend.netns, "link", "set", "eth0", state)
-        if not on:
-            # Addresses and routes of a downed link go; restore them.
-            _address_backend(backend.netns, int(backend.name.rsplit("-", 1)[1]))
+        verb = "-I" if on else "-D"
+        for tool in ("iptables-legacy", "ip6tables-legacy"):
+            for chain in ("INPUT", "OUTPUT"):
+                sh("ip", "netns", "exec", backend.netns, tool, "-w", "5", verb, chain,
+                   "-j", "DROP")
 
     # -- teardown ------------------------------------------------------------------------------
 

@@ -61,11 +61,16 @@ def test_blackholed_backend_is_deleted(lab: Lab, care: Care) -> None:
 
 @pytest.mark.parametrize("fault", ["hang", "tls-hang"])
 def test_backend_that_never_answers_is_deleted(lab: Lab, care: Care, fault: str) -> None:
-    care.start()
     b = lab.backends[0]
+    if fault == "tls-hang":
+        # Only new connections see a handshake that never completes: be in that state from the
+        # start (an open probe connection would keep being answered, rightly).
+        b.set_fault(fault)
+    care.start()
     b.set_fault(fault)
     wait(lambda: b.address not in real_servers(lab), 10, care)
     assert care.events("real server down")[-1]["probe"] == "timeout"
+    assert_traffic_avoids(lab, b.name)
     b.set_fault("ok")
     wait(lambda: b.address in real_servers(lab), 10, care)
 
@@ -122,7 +127,7 @@ def test_flapping_backend_does_not_churn(lab: Lab, care: Care) -> None:
     for e in care.events("real server down"):
         assert e["was"] == "failing"
     for e in care.events("real server healthy"):
-        assert e["was"] == "recovering"
+        assert e["was"] in ("recovering", "failing")  # failing -> healthy changes nothing
 
 
 def test_all_down_keeps_the_last_healthy_and_recovers(lab: Lab, care: Care) -> None:
@@ -165,7 +170,7 @@ def test_clean_on_exit_removes_rules(lab: Lab) -> None:
     care = Care(lab, "--clean-on-exit").start()
     assert care.signal(signal.SIGTERM) == 0
     assert ipvsadm_table(lab) == {}
-    assert lab.run("ip", "route", "show", "proto", "76").stdout.strip() == ""
+    assert lab.run("ip", "route", "show", "table", "all", "proto", "76").stdout.strip() == ""
 
 
 def test_restart_after_sigkill_adopts_without_rewriting(lab: Lab, care: Care) -> None:

@@ -34,11 +34,28 @@ def test_run_once_creates_exactly_the_table(lab: Lab) -> None:
 
 def test_route_mode_serves_requests_through_the_vip(lab: Lab) -> None:
     run_once(lab)
-    route = lab.run("ip", "route", "show", f"{VIP}/32", "proto", "76").stdout
-    assert "src 10.200.1.1" in route and "metric 50" in route
+    route = lab.run("ip", "route", "show", "table", "local", f"{VIP}/32", "proto", "76").stdout
+    assert route.startswith(f"local {VIP} dev lo") and "src 10.200.1.1" in route
     result = lab.requests(VIP, count=9)
     assert result["errors"] == []
     assert result["answers"] == {"backend-1": 3, "backend-2": 3, "backend-3": 3}
+
+
+def test_route_mode_reaches_a_real_server_on_the_node(lab_local: Lab) -> None:
+    lab = lab_local
+    run_once(lab)
+    assert lab.run("ip", "link", "show", "lvscare", check=False).returncode != 0
+    result = lab.requests(VIP, count=9)
+    assert result["errors"] == []
+    assert result["answers"] == {"backend-1": 3, "backend-2": 3, "backend-3": 3}
+
+
+def test_route_mode_takes_source_from_ip_flag(lab: Lab) -> None:
+    lab.run("ip", "addr", "add", "10.200.9.9/32", "dev", "lo")
+    run_once(lab, "--ip", "10.200.9.9")
+    route = lab.run("ip", "route", "show", "table", "local", f"{VIP}/32").stdout
+    assert "src 10.200.9.9" in route
+    assert lab.requests(VIP, count=3)["errors"] == []
 
 
 def test_link_mode_reaches_remote_and_local_real_servers(lab_local: Lab) -> None:
@@ -57,7 +74,7 @@ def test_link_mode_reaches_remote_and_local_real_servers(lab_local: Lab) -> None
 def test_none_mode_programs_ipvs_only(lab: Lab) -> None:
     run_once(lab, mode="none")
     assert f"TCP {VIP}:6443" in ipvsadm_table(lab)
-    assert lab.run("ip", "route", "show", "proto", "76").stdout.strip() == ""
+    assert lab.run("ip", "route", "show", "table", "all", "proto", "76").stdout.strip() == ""
     assert lab.run("ip", "link", "show", "lvscare", check=False).returncode != 0
     # What the operator provides in this mode (here a default route) is then enough.
     lab.run("ip", "route", "add", "default", "dev", f"{lab.tag}b1", "src", "10.200.1.1")
@@ -142,9 +159,9 @@ def test_clean_removes_only_what_lvscare_created(lab_local: Lab) -> None:
 
 def test_clean_removes_route_mode_route(lab: Lab) -> None:
     run_once(lab)
-    assert lab.run("ip", "route", "show", "proto", "76").stdout.strip()
+    assert lab.run("ip", "route", "show", "table", "all", "proto", "76").stdout.strip()
     assert lab.lvscare("care", "-C", "--vs", f"{VIP}:6443").returncode == 0
-    assert lab.run("ip", "route", "show", "proto", "76").stdout.strip() == ""
+    assert lab.run("ip", "route", "show", "table", "all", "proto", "76").stdout.strip() == ""
     assert ipvsadm_table(lab) == {}
 
 
@@ -171,4 +188,4 @@ def test_bad_input_changes_nothing(lab: Lab) -> None:
         assert proc.returncode == 2, (bad, proc.stderr)
         assert len(proc.stderr.strip().splitlines()) == 1
     assert ipvsadm_table(lab) == {}
-    assert lab.run("ip", "route", "show", "proto", "76").stdout.strip() == ""
+    assert lab.run("ip", "route", "show", "table", "all", "proto", "76").stdout.strip() == ""

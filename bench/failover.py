@@ -1,0 +1,340 @@
+"""Failover figures: detection, client recovery, keepalived beside lvscare, daemon footprint.
+
+Runs inside a kernel with IPVS (boots user-mode-linux when the host has none), in network
+namespaces it creates; backends have no route back to the VIP. Default settings throughout.
+
+  detection        fault injected -> real server gone from the kernel table (reset, blackhole)
+  client recovery  keep-alive client, a request every 100 ms, 30 s timeout: blackhole the backend
+                   its connection is on -> its next successful response (route and link mode)
+  keepalived       the usual Kubernetes HA settings (SSL_GET /healthz, delay_loop 5,
+                   connect_timeout 3, retry 3, delay_before_retry 3) on the same faults
+  footprint        the daemon's RSS and CPU seconds per minute, 3 healthy backends
+
+Usage: .venv/bin/python bench/failover.py [--trials 20] [--skip keepalived,...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import ctypes
+import http.client
+import json
+import os
+import shutil
+import signal
+import ssl
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from lvscare import testkernel  # noqa: E402
+from lvscare.config import parse_endpoint  # noqa: E402
+from lvscare.ipvs import IPVS  # noqa: E402
+from lvscare.lab import topology  # noqa: E402
+from lvscare.plan import ServiceKey  # noqa: E402
+
+VIP = "10.103.97.2"
+KEY = ServiceKey(parse_endpoint(f"{VIP}:6443"))
+CLONE_NEWNET = 0x40000000
+
+
+def enter_netns(name: str) -> None:
+    libc = ctypes.CDLL(None, use_errno=True)
+    fd = os.open(f"/run/netns/{name}", os.O_RDONLY)
+    try:
+        if libc.setns(fd, CLONE_NEWNET) != 0:
+            raise OSError(ctypes.get_errno(), "setns")
+    finally:
+        os.close(fd)
+
+
+def pct(values: list[float], p: float) -> float:
+    ordered = sorted(values)
+    k = min(len(ordered) - 1, max(0, round(p / 100 * (len(ordered) - 1))))
+    return ordered[k]
+
+
+def summary(values: list[float]) -> str:
+    if not values:
+        return "no data"
+    return (f"p50 {statistics.median(values):5.2f}s  p99 {pct(values, 99):5.2f}s  "
+            f"max {max(values):5.2f}s  (n={len(values)})")
+
+
+class Table:
+    """The kernel's real servers of our VIP, read over netlink in this (node) namespace."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.ipvs = self.loop.run_until_complete(IPVS().open())
+
+    def real_servers(self) -> set[str]:
+        table = self.loop.run_until_complete(self.ipvs.read([KEY]))
+        state = table.get(KEY)
+        return {str(e) for e, d in state.dests.items() if d.weight > 0} if state else set()
+
+    def wait(self, predicate, timeout: float) -> float | None:  # type: ignore[no-untyped-def]
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if predicate(self.real_servers()):
+                return time.monotonic()
+            time.sleep(0.01)
+        return None
+
+
+def start_lvscare(lab: topology.Lab, mode: str, log: Path) -> subprocess.Popen[bytes]:
+    args = [sys.executable, "-m", "lvscare", "care", "--vs", f"{VIP}:6443", "--mode", mode,
+            "--log-format", "json", "--metrics-address", "off"]
+    for b in lab.backends:
+        args += ["--rs", b.address]
+    return subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=log.open("w"))
+
+
+def start_keepalived(lab: topology.Lab) -> subprocess.Popen[bytes]:
+    reals = "".join(f"""
+    real_server {b.ip4} 6443 {{
+        weight 1
+        SSL_GET {{
+            url {{
+                path /healthz
+                status_code 200
+            }}
+            connect_timeout 3
+            retry 3
+            delay_before_retry 3
+        }}
+    }}""" for b in lab.backends)
+    conf = lab.workdir / "keepalived.conf"
+    conf.write_text(f"""global_defs {{
+    router_id lvscare_bench
+}}
+virtual_server {VIP} 6443 {{
+    delay_loop 5
+    lb_algo rr
+    lb_kind NAT
+    protocol TCP
+{reals}
+}}
+""")
+    return subprocess.Popen(["keepalived", "-n", "-l", "-C", "-f", str(conf),
+                             "-p", str(lab.workdir / "ka.pid"),
+                             "-c", str(lab.workdir / "ka-checkers.pid")],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def detection(lab: topology.Lab, table: Table, fault: str, trials: int) -> list[float]:
+    times = []
+    every = {b.address for b in lab.backends}
+    for i in range(trials):
+        b = lab.backends[i % 2]  # 10.200.1.2 or .2.2; the third keeps the VS alive
+        if table.wait(lambda rs: rs == every, 60) is None:
+            print(f"    trial {i}: table never complete; skipped", flush=True)
+            continue
+        time.sleep(0.3 + (i % 7) * 0.13)  # spread fault times over the probe period
+        start = time.monotonic()
+        if fault == "reset":
+            lab.kill(b)
+        else:
+            lab.blackhole(b)
+        gone = table.wait(lambda rs, a=b.address: a not in rs, 60)
+        if gone is not None:
+            times.append(gone - start)
+        if fault == "reset":
+            lab.start(b)
+        else:
+            lab.blackhole(b, on=False)
+    return times
+
+
+class KeepAliveClient(threading.Thread):
+    """One HTTPS connection through the VIP, a request every 100 ms, 30 s timeout."""
+
+    def __init__(self) -> None:
+        super().__init__(daemon=True)
+        self.ok: list[tuple[float, str]] = []
+        self.stop = threading.Event()
+        ctx = ssl.create_default_context()
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+        self.ctx = ctx
+
+    def run(self) -> None:
+        conn: http.client.HTTPSConnection | None = None
+        while not self.stop.is_set():
+            started = time.monotonic()
+            try:
+                if conn is None:
+                    conn = http.client.HTTPSConnection(VIP, 6443, timeout=30, context=self.ctx)
+                conn.request("GET", "/")
+                body = conn.getresponse().read().decode().strip()
+                self.ok.append((time.monotonic(), body))
+            except (OSError, http.client.HTTPException):
+                if conn is not None:
+                    conn.close()
+                conn = None
+            time.sleep(max(0.0, 0.1 - (time.monotonic() - started)))
+        if conn is not None:
+            conn.close()
+
+
+def client_recovery(lab: topology.Lab, table: Table, trials: int) -> list[float]:
+    times = []
+    every = {b.address for b in lab.backends}
+    by_name = {b.name: b for b in lab.backends}
+    client = KeepAliveClient()
+    client.start()
+    try:
+        for i in range(trials):
+            if table.wait(lambda rs: rs == every, 60) is None:
+                continue
+            time.sleep(0.5 + (i % 7) * 0.13)
+            if not client.ok or time.monotonic() - client.ok[-1][0] > 1:
+                time.sleep(2)
+            if not client.ok:
+                continue
+            b = by_name[client.ok[-1][1]]  # the backend its connection is on
+            start = time.monotonic()
+            lab.blackhole(b)
+            deadline = start + 40
+            recovered = None
+            while time.monotonic() < deadline:
+                after = [t for t, _ in client.ok if t > start]
+                if after:
+                    recovered = after[0]
+                    break
+                time.sleep(0.02)
+            if recovered is not None:
+                times.append(recovered - start)
+            lab.blackhole(b, on=False)
+    finally:
+        client.stop.set()
+        client.join(35)
+    return times
+
+
+def footprint(lab: topology.Lab, seconds: float) -> tuple[float, float]:
+    proc = start_lvscare(lab, "route", lab.workdir / "fp.log")
+    try:
+        time.sleep(8)  # start-up (imports) is not the steady state
+        stat = Path(f"/proc/{proc.pid}/stat")
+        tick = os.sysconf("SC_CLK_TCK")
+
+        def cpu() -> float:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            return (int(fields[11]) + int(fields[12])) / tick
+
+        c0, t0 = cpu(), time.monotonic()
+        time.sleep(seconds)
+        used = cpu() - c0
+        elapsed = time.monotonic() - t0
+        rss = 0.0
+        for line in Path(f"/proc/{proc.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                rss = int(line.split()[1]) / 1024
+        return rss, used / elapsed * 60
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(10)
+
+
+def inside(trials: int, skip: set[str], footprint_seconds: float) -> int:
+    results: dict[str, list[float]] = {}
+    print(f"failover benchmark, {trials} trials each, kernel {os.uname().release}", flush=True)
+    for who in ("lvscare", "keepalived"):
+        if who in skip or (who == "keepalived" and not shutil.which("keepalived")):
+            print(f"  {who}: skipped" + ("" if who in skip else " (apt-get install keepalived)"))
+            continue
+        lab = topology.build(backends=3)
+        proc = None
+        try:
+            enter_netns(lab.node)
+            table = Table()
+            if who == "lvscare":
+                proc = start_lvscare(lab, "route", lab.workdir / "daemon.log")
+            else:
+                proc = start_keepalived(lab)
+            for fault in ("reset", "blackhole"):
+                t = detection(lab, table, fault, trials)
+                results[f"{who} detection {fault}"] = t
+                print(f"  {who:<10} detection {fault:<9} {summary(t)}", flush=True)
+        finally:
+            if proc is not None:
+                proc.send_signal(signal.SIGTERM)
+                proc.wait(15)
+            enter_netns_root()
+            lab.close()
+    if "recovery" not in skip:
+        for mode in ("route", "link"):
+            lab = topology.build(backends=3)
+            proc = None
+            try:
+                enter_netns(lab.node)
+                table = Table()
+                proc = start_lvscare(lab, mode, lab.workdir / "daemon.log")
+                t = client_recovery(lab, table, trials)
+                results[f"recovery {mode}"] = t
+                print(f"  client recovery, {mode:<5} mode {summary(t)}", flush=True)
+            finally:
+                if proc is not None:
+                    proc.send_signal(signal.SIGTERM)
+                    proc.wait(15)
+                enter_netns_root()
+                lab.close()
+    for fault in ("reset", "blackhole"):
+        ours, theirs = results.get(f"lvscare detection {fault}"), \
+            results.get(f"keepalived detection {fault}")
+        if ours and theirs:
+            print(f"  detection {fault}: keepalived / lvscare p50 "
+                  f"{statistics.median(theirs) / statistics.median(ours):.1f}x, "
+                  f"p99 {pct(theirs, 99) / pct(ours, 99):.1f}x")
+    if "footprint" not in skip:
+        lab = topology.build(backends=3)
+        try:
+            enter_netns(lab.node)
+            rss, cpu = footprint(lab, footprint_seconds)
+            print(f"  footprint: RSS {rss:.1f} MB (goal <= 45), CPU {cpu:.2f} s per minute "
+                  f"(goal <= 0.6), measured over {footprint_seconds:.0f} s; note that "
+                  "user-mode-linux runs user code several times slower than a host kernel",
+                  flush=True)
+        finally:
+            enter_netns_root()
+            lab.close()
+    print(json.dumps({k: [round(x, 3) for x in v] for k, v in results.items()}))
+    return 0
+
+
+_ROOT_NS = None
+
+
+def enter_netns_root() -> None:
+    assert _ROOT_NS is not None
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.setns(_ROOT_NS, CLONE_NEWNET) != 0:
+        raise OSError(ctypes.get_errno(), "setns")
+
+
+def main() -> int:
+    global _ROOT_NS
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--trials", type=int, default=20)
+    ap.add_argument("--skip", default="", help="comma list: keepalived,recovery,footprint")
+    ap.add_argument("--footprint-seconds", type=float, default=60.0)
+    args = ap.parse_args()
+    if os.environ.get("LVSCARE_TEST_KERNEL") or testkernel.host_has_ipvs():
+        _ROOT_NS = os.open("/proc/self/ns/net", os.O_RDONLY)
+        from lvscare import log
+
+        log.configure("warning")
+        return inside(args.trials, set(filter(None, args.skip.split(","))),
+                      args.footprint_seconds)
+    return testkernel.boot([sys.executable, *sys.argv], timeout=3600)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
