@@ -33,11 +33,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from lvscare import testkernel  # noqa: E402
-from lvscare.config import parse_endpoint  # noqa: E402
-from lvscare.ipvs import IPVS  # noqa: E402
-from lvscare.lab import topology  # noqa: E402
-from lvscare.plan import ServiceKey  # noqa: E402
+from lvscare import testkernel
+from lvscare.config import parse_endpoint
+from lvscare.ipvs import IPVS
+from lvscare.lab import topology
+from lvscare.plan import ServiceKey
 
 VIP = "10.103.97.2"
 KEY = ServiceKey(parse_endpoint(f"{VIP}:6443"))

@@ -19,11 +19,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from lvscare import log, testkernel  # noqa: E402
-from lvscare.care import reconcile  # noqa: E402
-from lvscare.config import Endpoint, RealServer, VirtualServer  # noqa: E402
-from lvscare.ipvs import IPVS  # noqa: E402
-from lvscare.plan import desired_table, service_key  # noqa: E402
+from lvscare import log, testkernel
+from lvscare.care import reconcile
+from lvscare.config import Endpoint, RealServer, VirtualServer
+from lvscare.ipvs import IPVS
+from lvscare.plan import desired_table, service_key
 
 
 def virtual_servers(n: int) -> list[VirtualServer]:

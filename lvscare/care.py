@@ -21,7 +21,14 @@ ATTEMPTS = 3
 
 
 async def reconcile(ipvs: IPVS, desired: Table, owned: Iterable[ServiceKey]) -> list[Op]:
-    """Bring the owned services to ``desired``; return the operations that were applied.
+    """Bring the owned services to ``desired``; return the operations that were applied."""
+    ops, _ = await reconcile_observed(ipvs, desired, owned)
+    return ops
+
+
+async def reconcile_observed(ipvs: IPVS, desired: Table,
+                             owned: Iterable[ServiceKey]) -> tuple[list[Op], Table]:
+    """``reconcile``, also returning the kernel's table as last read (for statistics).
 
     If someone changes the table between our read and our write (an operation fails with EEXIST
     or ESRCH), read again and re-plan; give up after a few rounds with the kernel's reason.
@@ -32,13 +39,13 @@ async def reconcile(ipvs: IPVS, desired: Table, owned: Iterable[ServiceKey]) -> 
         kernel = await ipvs.read(owned | set(desired))
         ops = diff(desired, kernel, owned)
         if not ops:
-            return applied
+            return applied, kernel
         result = await ipvs.apply(ops)
         applied += result.applied
         for op in result.applied:
             log.debug("ipvs", change=describe_op(op))
         if not result.failed:
-            return applied
+            return applied, kernel
         for failure in result.failed:
             log.warning("ipvs change failed", change=str(failure))
     failure = result.failed[0]

@@ -37,7 +37,7 @@ HELP = {
     "health-req-body": "probe body",
     "health-status": "extra HTTP status codes (>= 400) that count as healthy, e.g. 401",
     "health-insecure-skip-verify": "do not verify the apiserver certificate (default true)",
-    "health-timeout": "hard timeout of one probe (default 1s)",
+    "health-timeout": "hard timeout of one probe (default 800ms)",
     "health-ca": "CA bundle to verify apiserver certificates",
     "health-cert": "client certificate for probes",
     "health-key": "client key for probes",
@@ -89,6 +89,10 @@ def make_parser() -> argparse.ArgumentParser:
     _add_care_flags(care)
     demo = sub.add_parser("demo", help="show a failover end to end (boots a test kernel if needed)")
     demo.add_argument("--mode", choices=("route", "link"), default="route")
+    st = sub.add_parser("status", help="show what a running daemon sees")
+    st.add_argument("--address", default=os.environ.get("CARE_METRICS_ADDRESS", "127.0.0.1:10262"),
+                    help="the daemon's --metrics-address (default 127.0.0.1:10262)")
+    st.add_argument("--output", "-o", choices=("table", "json"), default="table")
     version = sub.add_parser("version", help="print the version")
     version.add_argument("--short", action="store_true")
     return parser
@@ -151,7 +155,18 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return demo.main(args.mode)
 
 
+def cmd_status(args: argparse.Namespace) -> int:
+    from lvscare import status
+
+    try:
+        return status.main(args.address, args.output)
+    except KernelError as exc:
+        print(f"lvscare: error: {exc}", file=sys.stderr)
+        return 1
+
+
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "status": cmd_status,
     "care": cmd_care,
     "demo": cmd_demo,
     "version": cmd_version,

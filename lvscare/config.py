@@ -63,7 +63,7 @@ class HealthCheck:
     body: str = ""
     status: frozenset[int] = frozenset()
     insecure_skip_verify: bool = True
-    timeout: float = 1.0
+    timeout: float = 0.8
     ca: str | None = None
     cert: str | None = None
     key: str | None = None
@@ -93,7 +93,7 @@ class Config:
     drain_period: float = 10.0
     log_level: str = "info"
     log_format: Literal["auto", "json", "console"] = "auto"
-    metrics_address: str = "127.0.0.1:9443"
+    metrics_address: str = "127.0.0.1:10262"
     config_file: str | None = None
 
 

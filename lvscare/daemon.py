@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno as errno_mod
 import os
 import random
 import signal
@@ -22,14 +23,15 @@ from dataclasses import dataclass, field
 
 import structlog
 
-from lvscare.care import reconcile
+from lvscare.care import reconcile, reconcile_observed
 from lvscare.config import Config, Endpoint, VirtualServer
-from lvscare.errors import UserError
+from lvscare.errors import KernelError, UserError
 from lvscare.health import Decision, Health, ProbeResult, State, decide, initial, step
 from lvscare.ipvs import IPVS, describe_op
-from lvscare.plan import AddDest, DelDest, Op, SetDest, Table, desired_table, service_key
+from lvscare.metrics import Metrics
+from lvscare.plan import AddDest, DelDest, Dest, Op, SetDest, Table, desired_table, service_key
 from lvscare.prober import Prober
-from lvscare.vip import Access, ensure_sysctls
+from lvscare.vip import Access, ensure_sysctls, sysctl_values
 
 log = structlog.get_logger("lvscare")
 
@@ -60,7 +62,6 @@ class Daemon:
         self.health: dict[RsKey, Health] = {}
         self.last_healthy: dict[Endpoint, frozenset[Endpoint]] = {}
         self.decision: Decision | None = None
-        self.kernel: Table = {}
         self.stats = Stats()
         self.prober = Prober()
         self.ipvs = IPVS()
@@ -72,6 +73,34 @@ class Daemon:
         self._last_access = 0.0
         self._applied_once = False
         self._expected: Table = {}
+        self.observed: Table = {}
+        self.last_error: str | None = None
+        self.metrics = Metrics()
+        self.metrics.attach(self)
+        self._sysctls: dict[str, str | None] = {}
+        self._sysctls_read = 0.0
+
+    def kernel_state(self, vs: VirtualServer) -> dict[Endpoint, Dest]:
+        """Our best knowledge of the kernel for ``vs``: weights as last written, connection
+        counts as last read."""
+        key = service_key(vs)
+        written = self._expected.get(key)
+        seen = self.observed.get(key)
+        if written is None:
+            return dict(seen.dests) if seen else {}
+        out = {}
+        for endpoint, dest in written.dests.items():
+            current = seen.dests.get(endpoint) if seen else None
+            out[endpoint] = Dest(endpoint, dest.weight, dest.fwd_method,
+                                 current.active_conns if current else 0,
+                                 current.inactive_conns if current else 0)
+        return out
+
+    def sysctls(self) -> dict[str, str | None]:
+        if time.monotonic() - self._sysctls_read > 10:
+            self._sysctls = sysctl_values()
+            self._sysctls_read = time.monotonic()
+        return self._sysctls
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -85,6 +114,15 @@ class Daemon:
             if changed:
                 log.info("sysctls set", names=changed)
             await self.prober.start()
+            web_runner = None
+            if self.cfg.metrics_address:
+                from lvscare.web import serve
+
+                try:
+                    web_runner = await serve(self, self.cfg.metrics_address)
+                except OSError as exc:
+                    raise KernelError(f"cannot listen on {self.cfg.metrics_address} "
+                                      f"(--metrics-address): {exc.strerror}", exc.errno) from None
             await self._adopt()
             loop = asyncio.get_running_loop()
             loop.add_signal_handler(signal.SIGTERM, self._on_stop, "SIGTERM")
@@ -96,6 +134,8 @@ class Daemon:
             log.info("started", virtual_servers=[str(v.endpoint) for v in self.cfg.virtual_servers],
                      interval=self.cfg.interval, pid=os.getpid())
             await self._reconcile_loop()
+            if web_runner is not None:
+                await web_runner.cleanup()
             if self.cfg.clean_on_exit:
                 from lvscare.care import clean
 
@@ -139,6 +179,7 @@ class Daemon:
             if task is not None:
                 task.cancel()
             self.health.pop(key, None)
+            self.metrics.forget(str(key[0]), str(key[1]))
         now = time.monotonic()
         old_vs = {vs.endpoint: vs for vs in self.cfg.virtual_servers}
         self.cfg = new
@@ -171,10 +212,10 @@ class Daemon:
         restarted daemon changes nothing until probes say so."""
         now = time.monotonic()
         keys = [service_key(vs) for vs in self.cfg.virtual_servers]
-        self.kernel = await self.ipvs.read(keys)
+        self.observed = await self.ipvs.read(keys)
         adopted = []
         for vs in self.cfg.virtual_servers:
-            existing = self.kernel.get(service_key(vs))
+            existing = self.observed.get(service_key(vs))
             for rs in vs.real_servers:
                 if existing is None:
                     h = initial(now, None)
@@ -214,7 +255,16 @@ class Daemon:
             wait = interval * random.uniform(0.95, 1.05)
             if h.state is State.FAILING or h.state is State.RECOVERING:
                 wait = interval * CONFIRM_FRACTION
-            await asyncio.sleep(max(0.0, wait - (time.monotonic() - started)))
+            wait = max(0.0, wait - (time.monotonic() - started))
+            closed = self.prober.closed(rs)
+            if closed is None:
+                await asyncio.sleep(wait)
+                continue
+            # Probe at once if the server closes our connection before the next probe is due.
+            done, _ = await asyncio.wait([closed], timeout=wait)
+            if done:
+                log.debug("probe connection closed by the server: probing now",
+                          vs=str(vs.endpoint), rs=str(rs))
 
     def _observe(self, vs: VirtualServer, rs: Endpoint, result: ProbeResult) -> None:
         key = (vs.endpoint, rs)
@@ -224,8 +274,10 @@ class Daemon:
         now = time.monotonic()
         new = step(old, result, now, vs.health.rise, vs.health.fall)
         self.health[key] = new
+        self.metrics.probe(str(vs.endpoint), str(rs), result.outcome, result.latency)
         if new.state is not old.state:
             self.stats.transitions[key] = self.stats.transitions.get(key, 0) + 1
+            self.metrics.transition(str(vs.endpoint), str(rs), new.state)
             log.info("real server " + new.state.value, vs=str(vs.endpoint), rs=str(rs),
                      was=old.state.value, probe=result.outcome.value,
                      reason=result.detail or None, latency=round(result.latency, 4))
@@ -243,7 +295,7 @@ class Daemon:
         self.decision = decision
         for vs_ep in decision.all_down - self._held:
             log.warning("all real servers down: keeping the last healthy ones (fail-open)",
-                        vs=str(vs_ep), kept=sorted(str(e) for e, w in decision.weights.items()
+                        vs=str(vs_ep), kept=sorted(str(e[1]) for e, w in decision.weights.items()
                                                    if e[0] == vs_ep and w))
         for vs_ep in self._held - decision.all_down:
             log.info("a real server is healthy again: fail-open over", vs=str(vs_ep))
@@ -259,8 +311,14 @@ class Daemon:
                 if failing:
                     log.info("reconcile recovered")
                 failing, backoff = False, 0.0
-            except Exception as exc:
+                self.last_error = None
+            except Exception as exc:  # kernel errors back off, they never end the daemon
                 self.stats.reconcile_errors += 1
+                self.last_error = str(exc)
+                kind = type(exc).__name__
+                if isinstance(exc, KernelError) and exc.errno:
+                    kind = errno_mod.errorcode.get(exc.errno, str(exc.errno))
+                self.metrics.reconcile_error(kind)
                 backoff = min(MAX_BACKOFF, max(self.cfg.interval, backoff * 2))
                 if not failing:
                     log.error("reconcile failed, will retry", error=str(exc),
@@ -275,18 +333,21 @@ class Daemon:
         now = time.monotonic()
         want = self.desired(now)
         keys = [service_key(vs) for vs in self.cfg.virtual_servers]
-        ops = await reconcile(self.ipvs, want, keys)
+        with self.metrics.reconcile_timer():
+            ops, self.observed = await reconcile_observed(self.ipvs, want, keys)
         # An operation we did not plan from a health change repairs an outside change.
         repairs = [op for op in ops if not self._planned(op)]
         if repairs and self._applied_once:
             self.stats.repairs += len(repairs)
+            for op in repairs:
+                key = op.key if hasattr(op, "key") else op.service.key
+                self.metrics.repair(str(key.endpoint))
             log.info("rules repaired", changes=[describe_op(op) for op in repairs])
         for op in ops:
             if self._planned(op):
                 log.info("ipvs", change=describe_op(op))
         self._applied_once = True
         self._expected = want
-        self.kernel = want
         if time.monotonic() - self._last_access >= ACCESS_EVERY:
             for vs in self.cfg.virtual_servers:
                 await self.access.ensure(vs)

@@ -24,6 +24,12 @@ from lvscare.errors import UserError
 from lvscare.health import Outcome, ProbeResult
 
 
+def _consume(fut: asyncio.Future[None]) -> None:
+    # A connection lost with an error sets an exception nobody else reads.
+    if not fut.cancelled():
+        fut.exception()
+
+
 def build_ssl_context(hc: HealthCheck) -> ssl.SSLContext:
     """Built once at start-up (reading certificates is blocking I/O); bad files exit 2."""
     try:
@@ -55,6 +61,16 @@ class Prober:
     def __init__(self) -> None:
         self._session: aiohttp.ClientSession | None = None
         self._contexts: dict[_Tls, ssl.SSLContext] = {}
+        self._closed: dict[Endpoint, asyncio.Future[None]] = {}
+
+    def closed(self, rs: Endpoint) -> asyncio.Future[None] | None:
+        """Completes when the server closes the connection the last probe of ``rs`` used.
+
+        A killed apiserver's kernel closes that idle connection at once, so the daemon can probe
+        right then instead of at the next interval.
+        """
+        fut = self._closed.get(rs)
+        return fut if fut is not None and not fut.done() else None
 
     def prepare(self, hc: HealthCheck) -> None:
         """Build the TLS context for ``hc`` now, so that bad certificates fail before start."""
@@ -115,6 +131,14 @@ class Prober:
                     hc.method, url, data=hc.body or None, headers=headers, ssl=ssl_arg,
                     allow_redirects=False,
                 ) as response:
+                    # aiohttp has already handed a small response's connection back to its
+                    # pool; the protocol object is only on a private attribute. Without it we
+                    # fall back to probing every interval (test_prober checks it is there).
+                    protocol = getattr(response, "_protocol", None)
+                    closed = getattr(protocol, "closed", None)
+                    if isinstance(closed, asyncio.Future) and closed is not self._closed.get(rs):
+                        closed.add_done_callback(_consume)
+                        self._closed[rs] = closed
                     await response.read()
                     status = response.status
         except TimeoutError:

@@ -151,6 +151,17 @@ async def test_probes_reuse_one_connection_without_hiding_a_dead_server(
     https.stop = lambda: asyncio.sleep(0)  # type: ignore[method-assign]
 
 
+async def test_server_closing_the_probe_connection_is_noticed_at_once(
+        prober: Prober, https: Server) -> None:
+    assert (await prober.probe(ep(https.port), HC)).outcome is Outcome.OK
+    closed = prober.closed(ep(https.port))
+    assert closed is not None and not closed.done()
+    await https.stop()
+    await asyncio.wait([closed], timeout=2)
+    assert closed.done()
+    https.stop = lambda: asyncio.sleep(0)  # type: ignore[method-assign]
+
+
 async def test_tcp_mode(prober: Prober, https: Server) -> None:
     tcp = HealthCheck(type="tcp", timeout=0.5)
     assert (await prober.probe(ep(https.port), tcp)).outcome is Outcome.OK

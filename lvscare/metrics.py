@@ -1,0 +1,244 @@
+"""Prometheus metrics of the daemon, rendered in the text exposition format (0.0.4).
+
+Counters and histograms are plain numbers updated as things happen; gauges are computed at scrape
+time from the daemon's state, without I/O (the reconcile loop refreshes the kernel snapshot).
+Series of real servers that leave the configuration are deleted, not left stale.
+
+The text is rendered here rather than by prometheus-client's ``generate_latest``, which spends
+about 10 us per sample validating and escaping labels: 66 ms of CPU per scrape at 300 real
+servers, against 5 ms allowed (``bench/metrics.py``). Label sets are escaped once and cached.
+The unit tests parse the output with prometheus-client's parser; the kernel tests run
+``promtool check metrics`` on it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import platform
+import time
+from bisect import bisect_left
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+from prometheus_client import CONTENT_TYPE_LATEST
+
+from lvscare import __version__
+from lvscare.health import Outcome, State
+
+if TYPE_CHECKING:
+    from lvscare.daemon import Daemon
+
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+PROBE_BUCKETS = (0.0025, 0.01, 0.05, 0.25, 1.0)
+RECONCILE_BUCKETS = (0.001, 0.005, 0.025, 0.1, 0.5, 2.5)
+
+RsKey = tuple[str, str]
+_STATES = tuple(State)
+
+
+def _escape(value: str) -> str:
+    return value.replace("\\", r"\\").replace("\n", r"\n").replace('"', r"\"")
+
+
+def _num(value: float) -> str:
+    if value == math.inf:
+        return "+Inf"
+    if value == -math.inf:
+        return "-Inf"
+    if value != value:
+        return "NaN"
+    return repr(float(value))
+
+
+class Histogram:
+    __slots__ = ("buckets", "count", "counts", "sum")
+
+    def __init__(self, buckets: tuple[float, ...]) -> None:
+        self.buckets = buckets
+        self.counts = [0] * len(buckets)
+        self.count = 0
+        self.sum = 0.0
+
+    def observe(self, value: float) -> None:
+        i = bisect_left(self.buckets, value)
+        if i < len(self.counts):
+            self.counts[i] += 1
+        self.count += 1
+        self.sum += value
+
+    def lines(self, name: str, labels: str) -> Iterator[str]:
+        sep = "," if labels else ""
+        total = 0
+        for bound, n in zip(self.buckets, self.counts, strict=True):
+            total += n
+            yield f'{name}_bucket{{{labels}{sep}le="{bound}"}} {total}.0'
+        yield f'{name}_bucket{{{labels}{sep}le="+Inf"}} {self.count}.0'
+        brace = f"{{{labels}}}" if labels else ""
+        yield f"{name}_sum{brace} {_num(self.sum)}"
+        yield f"{name}_count{brace} {self.count}.0"
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.probe_duration: dict[RsKey, Histogram] = {}
+        self.probes: dict[RsKey, dict[str, int]] = {}
+        self.transitions: dict[RsKey, dict[str, int]] = {}
+        self.repairs: dict[str, int] = {}
+        self.reconcile_duration = Histogram(RECONCILE_BUCKETS)
+        self.reconcile_errors: dict[str, int] = {}
+        self._labels: dict[RsKey, str] = {}
+        self._states: dict[str, list[str]] = {}
+        self._daemon: Daemon | None = None
+
+    def attach(self, daemon: Daemon) -> None:
+        self._daemon = daemon
+
+    # -- updates ---------------------------------------------------------------------------------
+
+    def probe(self, vs: str, rs: str, outcome: Outcome, seconds: float) -> None:
+        key = (vs, rs)
+        hist = self.probe_duration.get(key)
+        if hist is None:
+            hist = self.probe_duration[key] = Histogram(PROBE_BUCKETS)
+        hist.observe(seconds)
+        counts = self.probes.setdefault(key, {})
+        counts[outcome.value] = counts.get(outcome.value, 0) + 1
+
+    def transition(self, vs: str, rs: str, state: State) -> None:
+        counts = self.transitions.setdefault((vs, rs), {})
+        counts[state.value] = counts.get(state.value, 0) + 1
+
+    def repair(self, vs: str, n: int = 1) -> None:
+        self.repairs[vs] = self.repairs.get(vs, 0) + n
+
+    def reconcile_error(self, kind: str) -> None:
+        self.reconcile_errors[kind] = self.reconcile_errors.get(kind, 0) + 1
+
+    @contextlib.contextmanager
+    def reconcile_timer(self) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.reconcile_duration.observe(time.perf_counter() - start)
+
+    def forget(self, vs: str, rs: str) -> None:
+        """Drop every series of a real server that is no longer configured."""
+        self.probe_duration.pop((vs, rs), None)
+        self.probes.pop((vs, rs), None)
+        self.transitions.pop((vs, rs), None)
+        lab = self._labels.pop((vs, rs), None)
+        if lab is not None:
+            self._states.pop(lab, None)
+
+    # -- exposition ------------------------------------------------------------------------------
+
+    def labels(self, vs: str, rs: str) -> str:
+        key = (vs, rs)
+        text = self._labels.get(key)
+        if text is None:
+            text = self._labels[key] = f'vs="{_escape(vs)}",rs="{_escape(rs)}"'
+        return text
+
+    def _state_labels(self, lab: str) -> list[str]:
+        prefixes = self._states.get(lab)
+        if prefixes is None:
+            prefixes = self._states[lab] = [f'{{{lab},state="{s.value}"}} ' for s in _STATES]
+        return prefixes
+
+    def render(self) -> bytes:
+        return ("\n".join(self._lines()) + "\n").encode()
+
+    def _lines(self) -> Iterator[str]:
+        d = self._daemon
+        assert d is not None, "Metrics.attach() first"
+        gauges: dict[str, list[str]] = {n: [] for n in _GAUGES}
+        for vs in d.cfg.virtual_servers:
+            v = str(vs.endpoint)
+            kernel = d.kernel_state(vs)
+            healthy = 0
+            for rs in vs.real_servers:
+                h = d.health.get((vs.endpoint, rs.endpoint))
+                if h is None:
+                    continue
+                r = str(rs.endpoint)
+                lab = self.labels(v, r)
+                healthy += h.serving
+                dest = kernel.get(rs.endpoint)
+                gauges["lvscare_real_server_up"].append(f"{{{lab}}} {float(h.serving)}")
+                state_lines = gauges["lvscare_real_server_state"]
+                for s, prefix in zip(_STATES, self._state_labels(lab), strict=True):
+                    state_lines.append(prefix + ("1.0" if h.state is s else "0.0"))
+                gauges["lvscare_real_server_kernel_weight"].append(
+                    f"{{{lab}}} {float(dest.weight) if dest else -1.0}")
+                gauges["lvscare_real_server_configured_weight"].append(
+                    f"{{{lab}}} {float(rs.weight)}")
+                gauges["lvscare_real_server_active_connections"].append(
+                    f"{{{lab}}} {float(dest.active_conns) if dest else 0.0}")
+                gauges["lvscare_real_server_inactive_connections"].append(
+                    f"{{{lab}}} {float(dest.inactive_conns) if dest else 0.0}")
+            vl = f'{{vs="{_escape(v)}"}}'
+            gauges["lvscare_virtual_server_healthy_real_servers"].append(f"{vl} {float(healthy)}")
+            held = d.decision is not None and vs.endpoint in d.decision.all_down
+            gauges["lvscare_virtual_server_all_down"].append(f"{vl} {float(held)}")
+        gauges["lvscare_last_reconcile_timestamp_seconds"].append(
+            f" {_num(d.stats.last_reconcile)}")
+        for name, value in d.sysctls().items():
+            if value is not None and value.lstrip("-").isdigit():
+                gauges["lvscare_sysctl"].append(
+                    f'{{name="{name.replace("/", ".")}"}} {float(value)}')
+        gauges["lvscare_build_info"].append(
+            f'{{version="{__version__}",python="{platform.python_version()}"}} 1.0')
+
+        for name, help_text in _GAUGES.items():
+            yield f"# HELP {name} {help_text}"
+            yield f"# TYPE {name} gauge"
+            for line in gauges[name]:
+                yield name + line
+
+        yield "# HELP lvscare_probes_total Health probes by outcome."
+        yield "# TYPE lvscare_probes_total counter"
+        for (v, r), counts in self.probes.items():
+            lab = self.labels(v, r)
+            for outcome, n in counts.items():
+                yield f'lvscare_probes_total{{{lab},outcome="{outcome}"}} {n}.0'
+        yield ("# HELP lvscare_real_server_transitions_total Health state changes, by the state "
+               "entered.")
+        yield "# TYPE lvscare_real_server_transitions_total counter"
+        for (v, r), counts in self.transitions.items():
+            lab = self.labels(v, r)
+            for state, n in counts.items():
+                yield f'lvscare_real_server_transitions_total{{{lab},state="{state}"}} {n}.0'
+        yield ("# HELP lvscare_rules_repaired_total IPVS changes that undid someone else's "
+               "change to our rules.")
+        yield "# TYPE lvscare_rules_repaired_total counter"
+        for v, n in self.repairs.items():
+            yield f'lvscare_rules_repaired_total{{vs="{_escape(v)}"}} {n}.0'
+        yield "# HELP lvscare_reconcile_errors_total Failed reconciles, by kind."
+        yield "# TYPE lvscare_reconcile_errors_total counter"
+        for kind, n in self.reconcile_errors.items():
+            yield f'lvscare_reconcile_errors_total{{kind="{_escape(kind)}"}} {n}.0'
+        yield "# HELP lvscare_probe_duration_seconds Duration of health probes."
+        yield "# TYPE lvscare_probe_duration_seconds histogram"
+        for (v, r), hist in self.probe_duration.items():
+            yield from hist.lines("lvscare_probe_duration_seconds", self.labels(v, r))
+        yield "# HELP lvscare_reconcile_duration_seconds Duration of one reconcile with the kernel."
+        yield "# TYPE lvscare_reconcile_duration_seconds histogram"
+        yield from self.reconcile_duration.lines("lvscare_reconcile_duration_seconds", "")
+
+
+_GAUGES: dict[str, str] = {
+    "lvscare_real_server_up": "1 if the real server takes new connections by its health.",
+    "lvscare_real_server_state": "1 for the real server's current health state.",
+    "lvscare_real_server_kernel_weight": "Weight in the kernel; -1 when not in the kernel.",
+    "lvscare_real_server_configured_weight": "Configured weight.",
+    "lvscare_real_server_active_connections": "Active connections (IPVS).",
+    "lvscare_real_server_inactive_connections": "Inactive connections (IPVS).",
+    "lvscare_virtual_server_healthy_real_servers": "Real servers taking new connections by their health.",
+    "lvscare_virtual_server_all_down":
+        "1 while every real server is down and the last healthy ones are kept (fail-open).",
+    "lvscare_last_reconcile_timestamp_seconds": "Unix time of the last successful reconcile.",
+    "lvscare_sysctl": "IPVS sysctls lvscare relies on.",
+    "lvscare_build_info": "Build information.",
+}
