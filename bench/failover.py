@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import ctypes
 import http.client
 import json
@@ -29,6 +30,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -122,7 +124,7 @@ virtual_server {VIP} 6443 {{
 {reals}
 }}
 """)
-    return subprocess.Popen(["keepalived", "-n", "-l", "-C", "-f", str(conf),
+    return subprocess.Popen(["keepalived", "-n", "-C", "-f", str(conf),
                              "-p", str(lab.workdir / "ka.pid"),
                              "-c", str(lab.workdir / "ka-checkers.pid")],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -243,6 +245,28 @@ def footprint(lab: topology.Lab, seconds: float) -> tuple[float, float]:
         proc.wait(10)
 
 
+@contextlib.contextmanager
+def node_with(start: str) -> Iterator[tuple[topology.Lab, Table]]:
+    """A fresh lab; this process in its node namespace; ``start`` ("keepalived", "lvscare
+    <mode>" or "") running there until the block ends."""
+    lab = topology.build(backends=3)
+    proc = None
+    try:
+        enter_netns(lab.node)
+        table = Table()
+        if start == "keepalived":
+            proc = start_keepalived(lab)
+        elif start:
+            proc = start_lvscare(lab, start.split()[1], lab.workdir / "daemon.log")
+        yield lab, table
+    finally:
+        if proc is not None:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(15)
+        enter_netns_root()
+        lab.close()
+
+
 def inside(trials: int, skip: set[str], footprint_seconds: float) -> int:
     results: dict[str, list[float]] = {}
     print(f"failover benchmark, {trials} trials each, kernel {os.uname().release}", flush=True)
@@ -250,42 +274,17 @@ def inside(trials: int, skip: set[str], footprint_seconds: float) -> int:
         if who in skip or (who == "keepalived" and not shutil.which("keepalived")):
             print(f"  {who}: skipped" + ("" if who in skip else " (apt-get install keepalived)"))
             continue
-        lab = topology.build(backends=3)
-        proc = None
-        try:
-            enter_netns(lab.node)
-            table = Table()
-            if who == "lvscare":
-                proc = start_lvscare(lab, "route", lab.workdir / "daemon.log")
-            else:
-                proc = start_keepalived(lab)
+        with node_with("keepalived" if who == "keepalived" else "lvscare route") as (lab, table):
             for fault in ("reset", "blackhole"):
                 t = detection(lab, table, fault, trials)
                 results[f"{who} detection {fault}"] = t
                 print(f"  {who:<10} detection {fault:<9} {summary(t)}", flush=True)
-        finally:
-            if proc is not None:
-                proc.send_signal(signal.SIGTERM)
-                proc.wait(15)
-            enter_netns_root()
-            lab.close()
     if "recovery" not in skip:
         for mode in ("route", "link"):
-            lab = topology.build(backends=3)
-            proc = None
-            try:
-                enter_netns(lab.node)
-                table = Table()
-                proc = start_lvscare(lab, mode, lab.workdir / "daemon.log")
+            with node_with(f"lvscare {mode}") as (lab, table):
                 t = client_recovery(lab, table, trials)
                 results[f"recovery {mode}"] = t
                 print(f"  client recovery, {mode:<5} mode {summary(t)}", flush=True)
-            finally:
-                if proc is not None:
-                    proc.send_signal(signal.SIGTERM)
-                    proc.wait(15)
-                enter_netns_root()
-                lab.close()
     for fault in ("reset", "blackhole"):
         ours, theirs = results.get(f"lvscare detection {fault}"), \
             results.get(f"keepalived detection {fault}")
@@ -294,17 +293,12 @@ def inside(trials: int, skip: set[str], footprint_seconds: float) -> int:
                   f"{statistics.median(theirs) / statistics.median(ours):.1f}x, "
                   f"p99 {pct(theirs, 99) / pct(ours, 99):.1f}x")
     if "footprint" not in skip:
-        lab = topology.build(backends=3)
-        try:
-            enter_netns(lab.node)
+        with node_with("") as (lab, _):
             rss, cpu = footprint(lab, footprint_seconds)
             print(f"  footprint: RSS {rss:.1f} MB (goal <= 45), CPU {cpu:.2f} s per minute "
                   f"(goal <= 0.6), measured over {footprint_seconds:.0f} s; note that "
                   "user-mode-linux runs user code several times slower than a host kernel",
                   flush=True)
-        finally:
-            enter_netns_root()
-            lab.close()
     print(json.dumps({k: [round(x, 3) for x in v] for k, v in results.items()}))
     return 0
 

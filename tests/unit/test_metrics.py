@@ -73,3 +73,11 @@ def test_healthz_and_status_without_a_reconcile() -> None:
     assert code == 503 and "cannot add route" in reason
     s = status(d)
     assert [r["state"] for r in s["virtualServers"][0]["realServers"]] == ["healthy", "healthy"]
+
+
+def test_content_type_is_prometheus_text_format() -> None:
+    from prometheus_client import CONTENT_TYPE_LATEST
+
+    from lvscare.metrics import CONTENT_TYPE
+
+    assert CONTENT_TYPE == CONTENT_TYPE_LATEST
