@@ -27,7 +27,8 @@ from lvscare.health import Outcome, State
 if TYPE_CHECKING:
     from lvscare.daemon import Daemon
 
-# prometheus_client.CONTENT_TYPE_LATEST; not imported, for the 1.3 MB its import costs.
+# prometheus_client's CONTENT_TYPE_PLAIN_0_0_4, the format rendered here; not imported, for the
+# 1.3 MB its import costs.
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 PROBE_BUCKETS = (0.0025, 0.01, 0.05, 0.25, 1.0)
 RECONCILE_BUCKETS = (0.001, 0.005, 0.025, 0.1, 0.5, 2.5)

@@ -76,8 +76,8 @@ def test_healthz_and_status_without_a_reconcile() -> None:
 
 
 def test_content_type_is_prometheus_text_format() -> None:
-    from prometheus_client import CONTENT_TYPE_LATEST
+    from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 
     from lvscare.metrics import CONTENT_TYPE
 
-    assert CONTENT_TYPE == CONTENT_TYPE_LATEST
+    assert CONTENT_TYPE == CONTENT_TYPE_PLAIN_0_0_4
