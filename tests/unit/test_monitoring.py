@@ -1,0 +1,36 @@
+"""The alert rules and the dashboard shipped in monitoring/ are valid and use real metrics."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from lvscare.metrics import _GAUGES
+
+ROOT = Path(__file__).resolve().parents[2] / "monitoring"
+EXPORTED = set(_GAUGES) | {
+    "lvscare_probes_total", "lvscare_real_server_transitions_total",
+    "lvscare_rules_repaired_total", "lvscare_reconcile_errors_total",
+    "lvscare_probe_duration_seconds_bucket", "lvscare_reconcile_duration_seconds_bucket"}
+
+
+def test_alert_rules_pass_promtool() -> None:
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        pytest.fail("promtool is missing: scripts/setup installs it (Debian package prometheus)")
+    proc = subprocess.run([promtool, "check", "rules", str(ROOT / "alerts.yaml")],
+                          capture_output=True, text=True, check=False)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_rules_and_dashboard_only_use_exported_metrics() -> None:
+    text = (ROOT / "alerts.yaml").read_text()
+    dashboard = json.loads((ROOT / "dashboard.json").read_text())
+    text += " ".join(t["expr"] for p in dashboard["panels"] for t in p["targets"])
+    used = set(re.findall(r"\blvscare_[a-z_]+", text))
+    assert used and used <= EXPORTED, used - EXPORTED
