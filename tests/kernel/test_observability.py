@@ -19,7 +19,7 @@ def get(lab: Lab, path: str) -> tuple[int, str]:
     proc = lab.run("curl", "-s", "-o", "-", "-w", "\n%{http_code}", f"http://{ADDR}{path}",
                    check=False)
     body, _, code = proc.stdout.rpartition("\n")
-    return int(code or 0), body
+    return int(code or 0), body.strip()
 
 
 def samples(text: str) -> dict[str, float]:
@@ -31,9 +31,9 @@ def samples(text: str) -> dict[str, float]:
     return out
 
 
-def metric(text: str, name: str, **labels: str) -> float | None:
+def metric(text: str, metric_name: str, **labels: str) -> float | None:
     for key, value in samples(text).items():
-        if not key.startswith(name + "{") and key != name:
+        if not key.startswith(metric_name + "{") and key != metric_name:
             continue
         found = dict(re.findall(r'(\w+)="([^"]*)"', key))
         if all(found.get(k) == v for k, v in labels.items()):
@@ -42,7 +42,7 @@ def metric(text: str, name: str, **labels: str) -> float | None:
 
 
 def promtool_check(text: str) -> None:
-    proc = subprocess.run(["promtool", "check", "metrics"], input=text, capture_output=True,
+    proc = subprocess.run(["promtool", "check", "metrics"], input=text + "\n", capture_output=True,
                           text=True, check=False)
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
@@ -69,7 +69,8 @@ def test_metrics_follow_a_failover(lab: Lab) -> None:
         assert metric(text, "lvscare_real_server_kernel_weight", vs=vs, rs=b) == -1
         assert metric(text, "lvscare_real_server_transitions_total", vs=vs, rs=b,
                       state="down") == 1
-        assert (metric(text, "lvscare_probes_total", vs=vs, rs=b, outcome="refused") or 0) >= 1
+        assert sum(metric(text, "lvscare_probes_total", vs=vs, rs=b, outcome=o) or 0
+                   for o in ("refused", "reset")) >= 1
         assert metric(text, "lvscare_virtual_server_healthy_real_servers", vs=vs) == 2
         # Traffic through the VIP shows up as IPVS connection counts.
         lab.requests("10.103.97.2", count=4)
@@ -143,6 +144,6 @@ def test_logs_are_json_and_quiet_when_healthy(lab: Lab) -> None:
         wait(lambda: care.events("real server down"), 10, care)
         down = care.events("real server down")[0]
         assert down["level"] == "info" and down["rs"] == lab.backends[0].address
-        assert down["probe"] == "refused" and down["reason"]
+        assert down["probe"] in ("refused", "reset") and down["reason"]
     finally:
         care.stop()
