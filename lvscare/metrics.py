@@ -19,12 +19,13 @@ import platform
 import time
 from bisect import bisect_left
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from lvscare import __version__
 from lvscare.health import Outcome, State
 
 if TYPE_CHECKING:
+    from lvscare.config import VirtualServer
     from lvscare.daemon import Daemon
 
 # prometheus_client's CONTENT_TYPE_PLAIN_0_0_4, the format rendered here; not imported, for the
@@ -89,6 +90,8 @@ class Metrics:
         self.reconcile_errors: dict[str, int] = {}
         self._labels: dict[RsKey, str] = {}
         self._states: dict[str, list[str]] = {}
+        self._layout_for: object = None
+        self._layout_cache: list[tuple[VirtualServer, str, list[Any]]] = []
         self._daemon: Daemon | None = None
 
     def attach(self, daemon: Daemon) -> None:
@@ -147,38 +150,57 @@ class Metrics:
             prefixes = self._states[lab] = [f'{{{lab},state="{s.value}"}} ' for s in _STATES]
         return prefixes
 
+    def _layout(self, d: Daemon) -> list[tuple[VirtualServer, str, list[Any]]]:
+        """Label strings per real server, computed once per configuration (not per scrape)."""
+        if self._layout_for is not d.cfg:
+            layout = []
+            for vs in d.cfg.virtual_servers:
+                v = str(vs.endpoint)
+                servers = []
+                for rs in vs.real_servers:
+                    lab = self.labels(v, str(rs.endpoint))
+                    servers.append((rs, (vs.endpoint, rs.endpoint), f"{{{lab}}}",
+                                    self._state_labels(lab)))
+                layout.append((vs, f'{{vs="{_escape(v)}"}}', servers))
+            self._layout_cache, self._layout_for = layout, d.cfg
+        return self._layout_cache
+
     def render(self) -> bytes:
         return ("\n".join(self._lines()) + "\n").encode()
 
-    def _lines(self) -> Iterator[str]:
+    def _lines(self) -> list[str]:
         d = self._daemon
         assert d is not None, "Metrics.attach() first"
+        out: list[str] = []
+        emit = out.append
         gauges: dict[str, list[str]] = {n: [] for n in _GAUGES}
-        for vs in d.cfg.virtual_servers:
-            v = str(vs.endpoint)
+        up, state_lines = gauges["lvscare_real_server_up"], gauges["lvscare_real_server_state"]
+        kweight = gauges["lvscare_real_server_kernel_weight"]
+        cweight = gauges["lvscare_real_server_configured_weight"]
+        active = gauges["lvscare_real_server_active_connections"]
+        inactive = gauges["lvscare_real_server_inactive_connections"]
+        for vs, vl, servers in self._layout(d):
             kernel = d.kernel_state(vs)
             healthy = 0
-            for rs in vs.real_servers:
-                h = d.health.get((vs.endpoint, rs.endpoint))
+            for rs, key, lab, prefixes in servers:
+                h = d.health.get(key)
                 if h is None:
                     continue
-                r = str(rs.endpoint)
-                lab = self.labels(v, r)
                 healthy += h.serving
                 dest = kernel.get(rs.endpoint)
-                gauges["lvscare_real_server_up"].append(f"{{{lab}}} {float(h.serving)}")
-                state_lines = gauges["lvscare_real_server_state"]
-                for s, prefix in zip(_STATES, self._state_labels(lab), strict=True):
-                    state_lines.append(prefix + ("1.0" if h.state is s else "0.0"))
-                gauges["lvscare_real_server_kernel_weight"].append(
-                    f"{{{lab}}} {float(dest.weight) if dest else -1.0}")
-                gauges["lvscare_real_server_configured_weight"].append(
-                    f"{{{lab}}} {float(rs.weight)}")
-                gauges["lvscare_real_server_active_connections"].append(
-                    f"{{{lab}}} {float(dest.active_conns) if dest else 0.0}")
-                gauges["lvscare_real_server_inactive_connections"].append(
-                    f"{{{lab}}} {float(dest.inactive_conns) if dest else 0.0}")
-            vl = f'{{vs="{_escape(v)}"}}'
+                up.append(f"{lab} {float(h.serving)}")
+                state = h.state
+                state_lines.extend([p + ("1.0" if s is state else "0.0")
+                                    for s, p in zip(_STATES, prefixes, strict=True)])
+                cweight.append(f"{lab} {float(rs.weight)}")
+                if dest is None:
+                    kweight.append(f"{lab} -1.0")
+                    active.append(f"{lab} 0.0")
+                    inactive.append(f"{lab} 0.0")
+                else:
+                    kweight.append(f"{lab} {float(dest.weight)}")
+                    active.append(f"{lab} {float(dest.active_conns)}")
+                    inactive.append(f"{lab} {float(dest.inactive_conns)}")
             gauges["lvscare_virtual_server_healthy_real_servers"].append(f"{vl} {float(healthy)}")
             held = d.decision is not None and vs.endpoint in d.decision.all_down
             gauges["lvscare_virtual_server_all_down"].append(f"{vl} {float(held)}")
@@ -192,40 +214,40 @@ class Metrics:
             f'{{version="{__version__}",python="{platform.python_version()}"}} 1.0')
 
         for name, help_text in _GAUGES.items():
-            yield f"# HELP {name} {help_text}"
-            yield f"# TYPE {name} gauge"
-            for line in gauges[name]:
-                yield name + line
+            emit(f"# HELP {name} {help_text}")
+            emit(f"# TYPE {name} gauge")
+            out.extend([name + line for line in gauges[name]])
 
-        yield "# HELP lvscare_probes_total Health probes by outcome."
-        yield "# TYPE lvscare_probes_total counter"
+        emit("# HELP lvscare_probes_total Health probes by outcome.")
+        emit("# TYPE lvscare_probes_total counter")
         for (v, r), counts in self.probes.items():
             lab = self.labels(v, r)
             for outcome, n in counts.items():
-                yield f'lvscare_probes_total{{{lab},outcome="{outcome}"}} {n}.0'
-        yield ("# HELP lvscare_real_server_transitions_total Health state changes, by the state "
+                emit(f'lvscare_probes_total{{{lab},outcome="{outcome}"}} {n}.0')
+        emit("# HELP lvscare_real_server_transitions_total Health state changes, by the state "
                "entered.")
-        yield "# TYPE lvscare_real_server_transitions_total counter"
+        emit("# TYPE lvscare_real_server_transitions_total counter")
         for (v, r), counts in self.transitions.items():
             lab = self.labels(v, r)
-            for state, n in counts.items():
-                yield f'lvscare_real_server_transitions_total{{{lab},state="{state}"}} {n}.0'
-        yield ("# HELP lvscare_rules_repaired_total IPVS changes that undid someone else's "
+            for entered, n in counts.items():
+                emit(f'lvscare_real_server_transitions_total{{{lab},state="{entered}"}} {n}.0')
+        emit("# HELP lvscare_rules_repaired_total IPVS changes that undid someone else's "
                "change to our rules.")
-        yield "# TYPE lvscare_rules_repaired_total counter"
+        emit("# TYPE lvscare_rules_repaired_total counter")
         for v, n in self.repairs.items():
-            yield f'lvscare_rules_repaired_total{{vs="{_escape(v)}"}} {n}.0'
-        yield "# HELP lvscare_reconcile_errors_total Failed reconciles, by kind."
-        yield "# TYPE lvscare_reconcile_errors_total counter"
+            emit(f'lvscare_rules_repaired_total{{vs="{_escape(v)}"}} {n}.0')
+        emit("# HELP lvscare_reconcile_errors_total Failed reconciles, by kind.")
+        emit("# TYPE lvscare_reconcile_errors_total counter")
         for kind, n in self.reconcile_errors.items():
-            yield f'lvscare_reconcile_errors_total{{kind="{_escape(kind)}"}} {n}.0'
-        yield "# HELP lvscare_probe_duration_seconds Duration of health probes."
-        yield "# TYPE lvscare_probe_duration_seconds histogram"
+            emit(f'lvscare_reconcile_errors_total{{kind="{_escape(kind)}"}} {n}.0')
+        emit("# HELP lvscare_probe_duration_seconds Duration of health probes.")
+        emit("# TYPE lvscare_probe_duration_seconds histogram")
         for (v, r), hist in self.probe_duration.items():
-            yield from hist.lines("lvscare_probe_duration_seconds", self.labels(v, r))
-        yield "# HELP lvscare_reconcile_duration_seconds Duration of one reconcile with the kernel."
-        yield "# TYPE lvscare_reconcile_duration_seconds histogram"
-        yield from self.reconcile_duration.lines("lvscare_reconcile_duration_seconds", "")
+            out.extend(hist.lines("lvscare_probe_duration_seconds", self.labels(v, r)))
+        emit("# HELP lvscare_reconcile_duration_seconds Duration of one reconcile with the kernel.")
+        emit("# TYPE lvscare_reconcile_duration_seconds histogram")
+        out.extend(self.reconcile_duration.lines("lvscare_reconcile_duration_seconds", ""))
+        return out
 
 
 _GAUGES: dict[str, str] = {
