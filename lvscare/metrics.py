@@ -173,6 +173,11 @@ class Metrics:
         assert d is not None, "Metrics.attach() first"
         out: list[str] = []
         emit = out.append
+
+        def family(name: str, kind: str, help_text: str) -> None:
+            emit(f"# HELP {name} {help_text}")
+            emit(f"# TYPE {name} {kind}")
+
         gauges: dict[str, list[str]] = {n: [] for n in _GAUGES}
         up, state_lines = gauges["lvscare_real_server_up"], gauges["lvscare_real_server_state"]
         kweight = gauges["lvscare_real_server_kernel_weight"]
@@ -214,38 +219,33 @@ class Metrics:
             f'{{version="{__version__}",python="{platform.python_version()}"}} 1.0')
 
         for name, help_text in _GAUGES.items():
-            emit(f"# HELP {name} {help_text}")
-            emit(f"# TYPE {name} gauge")
+            family(name, "gauge", help_text)
             out.extend([name + line for line in gauges[name]])
 
-        emit("# HELP lvscare_probes_total Health probes by outcome.")
-        emit("# TYPE lvscare_probes_total counter")
+        family("lvscare_probes_total", "counter", "Health probes by outcome.")
         for (v, r), counts in self.probes.items():
             lab = self.labels(v, r)
-            for outcome, n in counts.items():
-                emit(f'lvscare_probes_total{{{lab},outcome="{outcome}"}} {n}.0')
-        emit("# HELP lvscare_real_server_transitions_total Health state changes, by the state "
-               "entered.")
-        emit("# TYPE lvscare_real_server_transitions_total counter")
+            out.extend([f'lvscare_probes_total{{{lab},outcome="{o}"}} {n}.0'
+                        for o, n in counts.items()])
+        family("lvscare_real_server_transitions_total", "counter",
+               "Health state changes, by the state entered.")
         for (v, r), counts in self.transitions.items():
             lab = self.labels(v, r)
-            for entered, n in counts.items():
-                emit(f'lvscare_real_server_transitions_total{{{lab},state="{entered}"}} {n}.0')
-        emit("# HELP lvscare_rules_repaired_total IPVS changes that undid someone else's "
-               "change to our rules.")
-        emit("# TYPE lvscare_rules_repaired_total counter")
-        for v, n in self.repairs.items():
-            emit(f'lvscare_rules_repaired_total{{vs="{_escape(v)}"}} {n}.0')
-        emit("# HELP lvscare_reconcile_errors_total Failed reconciles, by kind.")
-        emit("# TYPE lvscare_reconcile_errors_total counter")
-        for kind, n in self.reconcile_errors.items():
-            emit(f'lvscare_reconcile_errors_total{{kind="{_escape(kind)}"}} {n}.0')
-        emit("# HELP lvscare_probe_duration_seconds Duration of health probes.")
-        emit("# TYPE lvscare_probe_duration_seconds histogram")
+            out.extend([f'lvscare_real_server_transitions_total{{{lab},state="{e}"}} {n}.0'
+                        for e, n in counts.items()])
+        for name, help_text, label, counts in (
+                ("lvscare_rules_repaired_total",
+                 "IPVS changes that undid someone else's change to our rules.", "vs",
+                 self.repairs),
+                ("lvscare_reconcile_errors_total", "Failed reconciles, by kind.", "kind",
+                 self.reconcile_errors)):
+            family(name, "counter", help_text)
+            out.extend([f'{name}{{{label}="{_escape(k)}"}} {n}.0' for k, n in counts.items()])
+        family("lvscare_probe_duration_seconds", "histogram", "Duration of health probes.")
         for (v, r), hist in self.probe_duration.items():
             out.extend(hist.lines("lvscare_probe_duration_seconds", self.labels(v, r)))
-        emit("# HELP lvscare_reconcile_duration_seconds Duration of one reconcile with the kernel.")
-        emit("# TYPE lvscare_reconcile_duration_seconds histogram")
+        family("lvscare_reconcile_duration_seconds", "histogram",
+               "Duration of one reconcile with the kernel.")
         out.extend(self.reconcile_duration.lines("lvscare_reconcile_duration_seconds", ""))
         return out
 
