@@ -109,8 +109,8 @@ def run_inside(mode: str = "route") -> int:
         time.sleep(2)
 
         def fault(name: str, backend: topology.Backend, inject, how: str) -> None:  # type: ignore[no-untyped-def]
-            start = time.time()
             inject()
+            start = time.time()  # the fault is in place (a blackhole is several commands)
             tl.add(start, f"FAULT: {backend.name} {how}")
             det = _poll(lambda: any(e.get("event") == "real server down"
                                     and e.get("rs") == backend.address for e in events()), 20)
