@@ -12,7 +12,7 @@ import structlog
 from lvscare.config import Config
 from lvscare.errors import KernelError
 from lvscare.ipvs import IPVS, describe_op
-from lvscare.plan import Op, ServiceKey, Table, desired_table, diff, service_key
+from lvscare.plan import Op, ServiceKey, Table, desired_table, diff, op_key, service_key
 from lvscare.vip import Access, ensure_sysctls
 
 log = structlog.get_logger("lvscare")
@@ -66,7 +66,7 @@ async def run_once(cfg: Config) -> list[Op]:
     for vs in cfg.virtual_servers:
         log.info("virtual server ready", vs=str(vs.endpoint), mode=vs.mode,
                  real_servers=[str(rs.endpoint) for rs in vs.real_servers],
-                 changes=sum(1 for op in ops if _touches(op, service_key(vs))))
+                 changes=sum(1 for op in ops if op_key(op) == service_key(vs)))
     return ops
 
 
@@ -79,10 +79,6 @@ async def clean(cfg: Config) -> list[Op]:
             for vs in cfg.virtual_servers:
                 removed = await access.remove(vs)
                 log.info("virtual server removed", vs=str(vs.endpoint),
-                         ipvs=any(_touches(op, service_key(vs)) for op in ops), access=removed)
+                         ipvs=any(op_key(op) == service_key(vs) for op in ops), access=removed)
     return ops
 
-
-def _touches(op: Op, key: ServiceKey) -> bool:
-    return getattr(op, "key", None) == key or getattr(getattr(op, "service", None), "key",
-                                                      None) == key

@@ -29,7 +29,7 @@ from lvscare.errors import KernelError, UserError
 from lvscare.health import Decision, Health, ProbeResult, State, decide, initial, step
 from lvscare.ipvs import IPVS, describe_op
 from lvscare.metrics import Metrics
-from lvscare.plan import AddDest, DelDest, Dest, Op, SetDest, Table, desired_table, service_key
+from lvscare.plan import AddDest, DelDest, Dest, Op, SetDest, Table, desired_table, op_key, service_key
 from lvscare.prober import Prober
 from lvscare.vip import Access, ensure_sysctls, sysctl_values
 
@@ -340,8 +340,7 @@ class Daemon:
         if repairs and self._applied_once:
             self.stats.repairs += len(repairs)
             for op in repairs:
-                key = op.key if hasattr(op, "key") else op.service.key
-                self.metrics.repair(str(key.endpoint))
+                self.metrics.repair(str(op_key(op).endpoint))
             log.info("rules repaired", changes=[describe_op(op) for op in repairs])
         for op in ops:
             if self._planned(op):

@@ -47,8 +47,6 @@ from lvscare.plan import Service as ServiceSpec
 # read it; 256 of them fit well inside the 2 MiB buffer the writer socket asks for.
 BATCH = 256
 
-_V6_NETMASK = socket.inet_ntoa(struct.pack("=I", 128))  # u32 128 in host order, typed as ip4addr
-_V4_NETMASK = "255.255.255.255"
 
 _REQ = NLM_F_REQUEST | NLM_F_ACK
 _FLAGS = {

@@ -90,6 +90,11 @@ class DelDest:
 Op = AddService | SetService | DelService | AddDest | SetDest | DelDest
 
 
+def op_key(op: Op) -> ServiceKey:
+    """The virtual server an operation touches."""
+    return op.service.key if isinstance(op, AddService | SetService) else op.key
+
+
 def service_key(vs: VirtualServer) -> ServiceKey:
     return ServiceKey(vs.endpoint)
 

@@ -117,7 +117,7 @@ async def _node_source(ipr: Any, vs: VirtualServer, node_ip: IPAddress | None) -
         routes = await ipr.route("get", dst=str(target), family=_family(target))
     except NetlinkError as exc:
         raise KernelError(f"route mode for {vs.endpoint}: no route to real server {target}: "
-                          f"{os_strerror(exc.code)}; give --ip", exc.code) from None
+                          f"{os.strerror(exc.code)}; give --ip", exc.code) from None
     source = routes[0].get("prefsrc") if routes else None
     if not source:
         raise KernelError(f"route mode for {vs.endpoint}: cannot tell the node's address; "
@@ -154,7 +154,7 @@ async def ensure_route(ipr: Any, vs: VirtualServer, node_ip: IPAddress | None) -
                         prefsrc=source, proto=RTPROT_LVSCARE)
     except NetlinkError as exc:
         raise KernelError(f"cannot add route for VIP {vip} (source {source}): "
-                          f"{os_strerror(exc.code)}", exc.code) from None
+                          f"{os.strerror(exc.code)}", exc.code) from None
     log.info("route set", vip=str(vip), source=source)
     return True
 
@@ -170,7 +170,7 @@ async def _delete_route(ipr: Any, r: Any) -> None:
     except NetlinkError as exc:
         if exc.code != errno.ESRCH:
             raise KernelError(f"cannot delete route for {r.get('dst')}: "
-                              f"{os_strerror(exc.code)}", exc.code) from None
+                              f"{os.strerror(exc.code)}", exc.code) from None
 
 
 async def remove_route(ipr: Any, vip: IPAddress) -> bool:
@@ -208,7 +208,7 @@ async def ensure_dummy_address(ipr: Any, iface: str, vip: IPAddress) -> bool:
     except NetlinkError as exc:
         hint = " (is the dummy module available?)" if exc.code == errno.EOPNOTSUPP else ""
         raise KernelError(f"cannot put VIP {vip} on interface {iface}: "
-                          f"{os_strerror(exc.code)}{hint}", exc.code) from None
+                          f"{os.strerror(exc.code)}{hint}", exc.code) from None
     if changed:
         log.info("VIP bound", vip=str(vip), iface=iface)
     return changed
@@ -234,7 +234,7 @@ async def remove_dummy_address(ipr: Any, iface: str, vip: IPAddress) -> bool:
             await ipr.link("del", index=index)
             changed = True
     except NetlinkError as exc:
-        raise KernelError(f"cannot remove VIP {vip} from {iface}: {os_strerror(exc.code)}",
+        raise KernelError(f"cannot remove VIP {vip} from {iface}: {os.strerror(exc.code)}",
                           exc.code) from None
     return changed
 
@@ -346,10 +346,6 @@ class Iptables:
                 await self._exec(binary, "-X", NAT_CHAIN, check=False)
                 changed = True
         return changed
-
-
-def os_strerror(code: int) -> str:
-    return os.strerror(code)
 
 
 # -- entry points ------------------------------------------------------------------------------
