@@ -53,6 +53,11 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message}\n")
 
 
+class _RaisingParser(_Parser):
+    def error(self, message: str) -> NoReturn:
+        raise UserError(message)
+
+
 def _add_care_flags(p: argparse.ArgumentParser) -> None:
     s = argparse.SUPPRESS
     p.add_argument("--vs", default=s, help="virtual server address:port, e.g. 10.103.97.2:6443")
@@ -82,9 +87,11 @@ def _add_care_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--masqueradebit", default=s, help=argparse.SUPPRESS)
 
 
-def make_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="lvscare", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+def make_parser(raise_errors: bool = False) -> argparse.ArgumentParser:
+    """``raise_errors``: a usage error raises UserError instead of printing and exiting."""
+    cls = _RaisingParser if raise_errors else _Parser
+    parser = cls(prog="lvscare", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=cls)
     care = sub.add_parser("care", help="program and health-check an IPVS virtual server")
     _add_care_flags(care)
     demo = sub.add_parser("demo", help="show a failover end to end (boots a test kernel if needed)")
@@ -93,6 +100,18 @@ def make_parser() -> argparse.ArgumentParser:
     st.add_argument("--address", default=os.environ.get("CARE_METRICS_ADDRESS", "127.0.0.1:10262"),
                     help="the daemon's --metrics-address (default 127.0.0.1:10262)")
     st.add_argument("--output", "-o", choices=("table", "json"), default="table")
+    sp = sub.add_parser("static-pod", help="write the static pod manifest that runs lvscare care")
+    sp.add_argument("--vip", default="10.103.97.2:6443", help="virtual server address:port (--vs)")
+    sp.add_argument("--masters", action="append", default=[],
+                    help="apiserver address[:port]; repeat or comma-separate (become --rs)")
+    sp.add_argument("--image", default=None, help="lvscare image (default %(default)s)")
+    sp.add_argument("--name", default=None, help="pod name and file name <name>.yaml")
+    sp.add_argument("--path", default=None, help="manifest directory (default /etc/kubernetes/manifests)")
+    sp.add_argument("--options", action="append", default=[],
+                    help="extra arguments for lvscare care, e.g. --options=--mode=link; repeatable")
+    sp.add_argument("--print", action="store_true", help="print the manifest instead of writing it")
+    sp.add_argument("--set-img", action="store_true",
+                    help="only change the image of the existing manifest")
     version = sub.add_parser("version", help="print the version")
     version.add_argument("--short", action="store_true")
     return parser
@@ -113,12 +132,9 @@ def load_config(values: dict[str, Any], env: dict[str, str]) -> Config:
 
 
 def version_info() -> dict[str, str]:
-    import pyroute2
-
     return {
         "gitVersion": f"v{__version__}",
         "pythonVersion": platform.python_version(),
-        "pyroute2Version": getattr(pyroute2, "__version__", "unknown"),
         "platform": f"{sys.platform}/{platform.machine()}",
     }
 
@@ -149,6 +165,31 @@ def cmd_care(args: argparse.Namespace) -> int:
     return daemon.run(cfg, reload=lambda: load_config(values, env))
 
 
+def cmd_static_pod(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from lvscare import staticpod
+
+    image = args.image or staticpod.DEFAULT_IMAGE
+    name = args.name or staticpod.DEFAULT_NAME
+    path = Path(args.path or staticpod.DEFAULT_PATH) / f"{name}.yaml"
+    if args.set_img:
+        text = staticpod.set_image(path, image)
+    else:
+        options = [o for opt in args.options for o in opt.split()]
+        text = staticpod.render(staticpod.StaticPod(
+            vip=args.vip, masters=tuple(args.masters), image=image, name=name, options=tuple(options)))
+    if args.print:
+        sys.stdout.write(text)
+        return 0
+    try:
+        staticpod.write_atomic(path, text)
+    except OSError as exc:
+        raise UserError(f"--path: cannot write {path}: {exc.strerror}") from None
+    print(f"wrote {path}")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from lvscare import demo
 
@@ -169,6 +210,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "status": cmd_status,
     "care": cmd_care,
     "demo": cmd_demo,
+    "static-pod": cmd_static_pod,
     "version": cmd_version,
 }
 

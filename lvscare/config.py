@@ -327,9 +327,16 @@ def _listen(value: Any, name: str) -> str:
     text = str(value).strip()
     if text in ("", "off", "none"):
         return ""
-    endpoint = parse_endpoint(text, name) if not text.startswith(":") else None
-    if endpoint is None:
+    if text.startswith(":"):
         parse_port(text[1:], name, text)
+        return text
+    # A listen address may be unspecified (0.0.0.0 or [::]: every address, for a scraper
+    # that reaches the node from outside), which a real server may not.
+    host, _, port = text.rpartition(":")
+    if host.strip("[]") in ("0.0.0.0", "::"):
+        parse_port(port, name, text)
+        return text
+    parse_endpoint(text, name)
     return text
 
 

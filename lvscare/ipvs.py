@@ -1,19 +1,14 @@
-"""The kernel's IPVS table over generic netlink (pyroute2), and nothing else.
+"""The kernel's IPVS table over generic netlink, and nothing else.
 
-Everything pyroute2 gets wrong or leaves to the caller is handled here, so no other module needs to
-know about it:
-
-* the high-level ``"update"`` verb sends DEL: we never use the verbs, we build each message;
-* IPv6 services need NETMASK as a prefix length in host byte order (pyroute2 types it as an IPv4
-  address): we encode 128 natively;
-* ``AsyncIPVS`` needs ``setup_endpoint()`` before the first request: ``open()`` does it;
-* one pyroute2 call per rule costs a round trip: writes are sent many messages per ``send()`` and
-  their acknowledgements collected afterwards.
+Messages are encoded and decoded here with ``struct`` (uapi ``linux/ip_vs.h``) and sent through
+``lvscare.netlink``: many per ``send()``, each acknowledged on its own, so a failed one does not
+stop those after it. This also sidesteps pyroute2's IPVS traps, which an earlier version had to
+work around: its ``"update"`` verb sends DEL, it types the IPv6 NETMASK as an IPv4 address, and
+its per-message machinery costs more CPU than the kernel's work (bench/reconcile.py).
 """
 
 from __future__ import annotations
 
-import asyncio
 import errno as errno_mod
 import ipaddress
 import socket
@@ -21,13 +16,22 @@ import struct
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
-from pyroute2 import AsyncIPVS
-from pyroute2.netlink import NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL, NLM_F_REQUEST
-from pyroute2.netlink.exceptions import NetlinkError
-from pyroute2.netlink.generic import ipvs as genl
-
 from lvscare.config import Endpoint
 from lvscare.errors import KernelError
+from lvscare.netlink import (
+    NETLINK_GENERIC,
+    NLM_F_ACK,
+    NLM_F_CREATE,
+    NLM_F_DUMP,
+    NLM_F_EXCL,
+    NLM_F_REQUEST,
+    NetlinkError,
+    Socket,
+    genl_family,
+    header,
+    nla,
+    parse_nlas,
+)
 from lvscare.plan import (
     AddDest,
     AddService,
@@ -47,28 +51,21 @@ from lvscare.plan import Service as ServiceSpec
 # read it; 256 of them fit well inside the 2 MiB buffer the writer socket asks for.
 BATCH = 256
 
+GENL_VERSION = 1
+IPVS_CMD_NEW_SERVICE, IPVS_CMD_SET_SERVICE, IPVS_CMD_DEL_SERVICE, IPVS_CMD_GET_SERVICE = 1, 2, 3, 4
+IPVS_CMD_NEW_DEST, IPVS_CMD_SET_DEST, IPVS_CMD_DEL_DEST, IPVS_CMD_GET_DEST = 5, 6, 7, 8
 
 _REQ = NLM_F_REQUEST | NLM_F_ACK
 _FLAGS = {
-    AddService: (genl.IPVS_CMD_NEW_SERVICE, _REQ | NLM_F_CREATE | NLM_F_EXCL),
-    SetService: (genl.IPVS_CMD_SET_SERVICE, _REQ),
-    DelService: (genl.IPVS_CMD_DEL_SERVICE, _REQ),
-    AddDest: (genl.IPVS_CMD_NEW_DEST, _REQ | NLM_F_CREATE | NLM_F_EXCL),
-    SetDest: (genl.IPVS_CMD_SET_DEST, _REQ),
-    DelDest: (genl.IPVS_CMD_DEL_DEST, _REQ),
+    AddService: (IPVS_CMD_NEW_SERVICE, _REQ | NLM_F_CREATE | NLM_F_EXCL),
+    SetService: (IPVS_CMD_SET_SERVICE, _REQ),
+    DelService: (IPVS_CMD_DEL_SERVICE, _REQ),
+    AddDest: (IPVS_CMD_NEW_DEST, _REQ | NLM_F_CREATE | NLM_F_EXCL),
+    SetDest: (IPVS_CMD_SET_DEST, _REQ),
+    DelDest: (IPVS_CMD_DEL_DEST, _REQ),
 }
-# Seconds to wait for the kernel's answer to one batch; it answers within send() in practice, so
-# reaching this means the socket lost messages (ENOBUFS) and the caller should retry.
-TIMEOUT = 10.0
-
 # Above this many services one dump of all of them beats one lookup each.
 READ_ALL_ABOVE = 32
-
-SOL_NETLINK = 270
-NETLINK_CAP_ACK = 10  # error acks without the echoed request: smaller replies, more per batch
-NLMSG_ERROR = 2
-NLMSG_DONE = 3
-NETLINK_GENERIC = 16
 
 
 def describe_errno(code: int) -> str:
@@ -128,17 +125,12 @@ _DEST_U_THRESH, _DEST_L_THRESH, _DEST_ADDR_FAMILY = 5, 6, 11
 _CMD_ATTR_SERVICE, _CMD_ATTR_DEST = 1, 2
 
 
-def _nla(kind: int, payload: bytes) -> bytes:
-    length = 4 + len(payload)
-    return struct.pack("=HH", length, kind) + payload + b"\0" * (-length & 3)
-
-
 def _service_key_nlas(key: ServiceKey) -> bytes:
     ep = key.endpoint
-    return (_nla(_SVC_AF, struct.pack("=H", ep.family))
-            + _nla(_SVC_PROTOCOL, struct.pack("=H", key.protocol))
-            + _nla(_SVC_ADDR, ep.ip.packed)
-            + _nla(_SVC_PORT, struct.pack(">H", ep.port)))
+    return (nla(_SVC_AF, struct.pack("=H", ep.family))
+            + nla(_SVC_PROTOCOL, struct.pack("=H", key.protocol))
+            + nla(_SVC_ADDR, ep.ip.packed)
+            + nla(_SVC_PORT, struct.pack(">H", ep.port)))
 
 
 def _service_nlas(spec: ServiceSpec) -> bytes:
@@ -146,21 +138,21 @@ def _service_nlas(spec: ServiceSpec) -> bytes:
     # host order for IPv6 (pyroute2 types it as an IPv4 address, which is how "0.0.0.128" fails).
     netmask = 0xFFFFFFFF if spec.key.endpoint.ip.version == 4 else 128
     return (_service_key_nlas(spec.key)
-            + _nla(_SVC_SCHED_NAME, spec.scheduler.encode() + b"\0")
-            + _nla(_SVC_FLAGS, struct.pack("=II", spec.flags, 0xFFFFFFFF))
-            + _nla(_SVC_TIMEOUT, struct.pack("=I", spec.timeout))
-            + _nla(_SVC_NETMASK, struct.pack("=I", netmask)))
+            + nla(_SVC_SCHED_NAME, spec.scheduler.encode() + b"\0")
+            + nla(_SVC_FLAGS, struct.pack("=II", spec.flags, 0xFFFFFFFF))
+            + nla(_SVC_TIMEOUT, struct.pack("=I", spec.timeout))
+            + nla(_SVC_NETMASK, struct.pack("=I", netmask)))
 
 
 def _dest_nlas(endpoint: Endpoint, dest: Dest | None) -> bytes:
-    out = (_nla(_DEST_ADDR_FAMILY, struct.pack("=H", endpoint.family))
-           + _nla(_DEST_ADDR, endpoint.ip.packed)
-           + _nla(_DEST_PORT, struct.pack(">H", endpoint.port)))
+    out = (nla(_DEST_ADDR_FAMILY, struct.pack("=H", endpoint.family))
+           + nla(_DEST_ADDR, endpoint.ip.packed)
+           + nla(_DEST_PORT, struct.pack(">H", endpoint.port)))
     if dest is not None:
-        out += (_nla(_DEST_FWD_METHOD, struct.pack("=I", dest.fwd_method))
-                + _nla(_DEST_WEIGHT, struct.pack("=I", dest.weight))
-                + _nla(_DEST_U_THRESH, struct.pack("=I", 0))
-                + _nla(_DEST_L_THRESH, struct.pack("=I", 0)))
+        out += (nla(_DEST_FWD_METHOD, struct.pack("=I", dest.fwd_method))
+                + nla(_DEST_WEIGHT, struct.pack("=I", dest.weight))
+                + nla(_DEST_U_THRESH, struct.pack("=I", 0))
+                + nla(_DEST_L_THRESH, struct.pack("=I", 0)))
     return out
 
 
@@ -168,15 +160,15 @@ def _op_request(op: Op) -> tuple[int, bytes, int]:
     cmd, flags = _FLAGS[type(op)]
     match op:
         case AddService(s) | SetService(s):
-            body = _nla(_CMD_ATTR_SERVICE, _service_nlas(s))
+            body = nla(_CMD_ATTR_SERVICE, _service_nlas(s))
         case DelService(key):
-            body = _nla(_CMD_ATTR_SERVICE, _service_key_nlas(key))
+            body = nla(_CMD_ATTR_SERVICE, _service_key_nlas(key))
         case AddDest(key, d) | SetDest(key, d):
-            body = (_nla(_CMD_ATTR_SERVICE, _service_key_nlas(key))
-                    + _nla(_CMD_ATTR_DEST, _dest_nlas(d.endpoint, d)))
+            body = (nla(_CMD_ATTR_SERVICE, _service_key_nlas(key))
+                    + nla(_CMD_ATTR_DEST, _dest_nlas(d.endpoint, d)))
         case DelDest(key, endpoint):
-            body = (_nla(_CMD_ATTR_SERVICE, _service_key_nlas(key))
-                    + _nla(_CMD_ATTR_DEST, _dest_nlas(endpoint, None)))
+            body = (nla(_CMD_ATTR_SERVICE, _service_key_nlas(key))
+                    + nla(_CMD_ATTR_DEST, _dest_nlas(endpoint, None)))
     return cmd, body, flags
 
 
@@ -187,24 +179,10 @@ def encode_op(op: Op, family_id: int, seq: int) -> bytes:
 
 
 def encode_request(cmd: int, body: bytes, family_id: int, seq: int, flags: int) -> bytes:
-    genl_header = struct.pack("=BBH", cmd, genl.GENL_VERSION, 0)
-    return struct.pack("=IHHII", 20 + len(body), family_id, flags, seq, 0) + genl_header + body
+    return header(family_id, flags, seq, struct.pack("=BBH", cmd, GENL_VERSION, 0) + body)
 
 
 # -- decoding ----------------------------------------------------------------------------------
-
-
-def parse_nlas(data: bytes, offset: int = 0, end: int | None = None) -> dict[int, bytes]:
-    """Attributes of one level, by type (the nested flag masked off)."""
-    end = len(data) if end is None else end
-    out: dict[int, bytes] = {}
-    while offset + 4 <= end:
-        length, kind = struct.unpack_from("=HH", data, offset)
-        if length < 4:
-            break
-        out[kind & 0x3FFF] = data[offset + 4:offset + length]
-        offset += (length + 3) & ~3
-    return out
 
 
 def _ip(raw: bytes, family: int) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
@@ -242,47 +220,28 @@ def decode_dest(payload: bytes, family: int) -> Dest:
 
 
 class IPVS:
-    """The kernel's IPVS table: open once, reuse for the life of the process.
-
-    pyroute2's ``AsyncIPVS`` resolves the generic netlink family (which also makes the kernel load
-    ``ip_vs``). Requests then go over one socket of that family with messages encoded and decoded
-    here: many per ``send()``, each acknowledged on its own, so a failed one does not stop those
-    after it. pyroute2's per-message machinery costs more CPU than the kernel's work; measured in
-    ``bench/reconcile.py``.
-    """
+    """The kernel's IPVS table: open once, reuse for the life of the process."""
 
     def __init__(self) -> None:
         self._family = 0
-        self._sock: socket.socket | None = None
-        self._seq = 0
-        self._lock = asyncio.Lock()
+        self._sock: Socket | None = None
         self.writes = 0  # messages sent that change the table; tests assert idempotence with it
 
     async def open(self) -> IPVS:
-        resolver = AsyncIPVS()
         try:
-            await resolver.setup_endpoint()
-            self._family = resolver.prid
+            sock = Socket(NETLINK_GENERIC)
+        except OSError as exc:
+            raise KernelError(f"cannot open IPVS netlink: {exc.strerror or exc}", exc.errno) from None
+        try:
+            self._family = await genl_family(sock, "IPVS")
         except NetlinkError as exc:
+            sock.close()
             if exc.code in (errno_mod.ENOENT, errno_mod.EOPNOTSUPP):
                 raise KernelError("IPVS is not available in this kernel: load it with "
                                   "'modprobe ip_vs' (and mount /lib/modules into the container)",
-                                  exc.code) from None
+                                  exc.errno) from None
             raise KernelError(f"cannot open IPVS netlink: {describe_errno(exc.code)}",
-                              exc.code) from None
-        except OSError as exc:
-            raise KernelError(f"cannot open IPVS netlink: {exc}", exc.errno) from None
-        finally:
-            resolver.close()
-        sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_GENERIC)
-        sock.bind((0, 0))
-        sock.setblocking(False)
-        sock.setsockopt(SOL_NETLINK, NETLINK_CAP_ACK, 1)
-        for opt, force in ((socket.SO_RCVBUF, 33), (socket.SO_SNDBUF, 32)):  # *BUFFORCE
-            try:
-                sock.setsockopt(socket.SOL_SOCKET, force, 1 << 21)
-            except OSError:
-                sock.setsockopt(socket.SOL_SOCKET, opt, 1 << 21)
+                              exc.errno) from None
         self._sock = sock
         return self
 
@@ -297,58 +256,24 @@ class IPVS:
     async def __aexit__(self, *exc: object) -> None:
         self.close()
 
-    # -- transport -------------------------------------------------------------------------------
-
-    def _next_seq(self, count: int) -> int:
-        first = self._seq + 1
-        self._seq = (self._seq + count) % 0x7FFFFFFF
-        return first
-
     async def _exchange(self, messages: list[tuple[int, bytes, int]]) -> list[tuple[list[bytes], int]]:
-        """Send (cmd, body, flags) requests in one send(); per request its reply payloads and
-        errno. Dump requests must be sent alone (the kernel runs one dump per socket at a time)."""
-        sock = self._sock
-        assert sock is not None, "IPVS.open() first"
-        loop = asyncio.get_running_loop()
-        first = self._next_seq(len(messages))
-        data = b"".join(encode_request(cmd, body, self._family, first + i, flags)
-                        for i, (cmd, body, flags) in enumerate(messages))
-        replies: list[list[bytes]] = [[] for _ in messages]
-        codes: list[int | None] = [None] * len(messages)
-        pending = len(messages)
-        async with self._lock:
-            try:
-                async with asyncio.timeout(TIMEOUT):
-                    await loop.sock_sendall(sock, data)
-                    while pending:
-                        chunk = await loop.sock_recv(sock, 1 << 17)
-                        offset = 0
-                        while offset + 16 <= len(chunk):
-                            length, kind, _, seq, _ = struct.unpack_from("=IHHII", chunk, offset)
-                            if length < 16:
-                                break
-                            index = seq - first
-                            if 0 <= index < len(messages) and codes[index] is None:
-                                if kind in (NLMSG_ERROR, NLMSG_DONE):
-                                    code = (-struct.unpack_from("=i", chunk, offset + 16)[0]
-                                            if length >= 20 else 0)
-                                    codes[index] = code
-                                    pending -= 1
-                                else:
-                                    replies[index].append(chunk[offset + 20:offset + length])
-                            offset += (length + 3) & ~3
-            except TimeoutError:
-                raise KernelError("IPVS netlink did not answer in time", errno_mod.ETIMEDOUT) from None
-            except OSError as exc:
-                raise KernelError(f"IPVS netlink: {exc.strerror or exc}", exc.errno) from None
-        return [(r, c or 0) for r, c in zip(replies, codes, strict=True)]
+        """Send (cmd, body, flags) requests in one send(); per request its reply payloads (after
+        the genl header) and errno."""
+        assert self._sock is not None, "IPVS.open() first"
+        try:
+            replies = await self._sock.exchange(
+                [(self._family, flags, struct.pack("=BBH", cmd, GENL_VERSION, 0) + body)
+                 for cmd, body, flags in messages])
+        except NetlinkError as exc:
+            raise KernelError(f"IPVS netlink: {exc.strerror or exc}", exc.errno) from None
+        return [([p[4:] for p in payloads], code) for payloads, code in replies]
 
     # -- reading -------------------------------------------------------------------------------
 
     async def _dests(self, key: ServiceKey) -> dict[Endpoint, Dest]:
-        body = _nla(_CMD_ATTR_SERVICE, _service_key_nlas(key))
+        body = nla(_CMD_ATTR_SERVICE, _service_key_nlas(key))
         ((payloads, code),) = await self._exchange(
-            [(genl.IPVS_CMD_GET_DEST, body, NLM_F_REQUEST | NLM_F_DUMP)])
+            [(IPVS_CMD_GET_DEST, body, NLM_F_REQUEST | NLM_F_DUMP)])
         if code == errno_mod.ESRCH:  # deleted between the two reads
             return {}
         if code:
@@ -370,7 +295,7 @@ class IPVS:
         for start in range(0, len(keys), BATCH):
             chunk = keys[start:start + BATCH]
             replies = await self._exchange(
-                [(genl.IPVS_CMD_GET_SERVICE, _nla(_CMD_ATTR_SERVICE, _service_key_nlas(k)), _REQ)
+                [(IPVS_CMD_GET_SERVICE, nla(_CMD_ATTR_SERVICE, _service_key_nlas(k)), _REQ)
                  for k in chunk])
             for key, (payloads, code) in zip(chunk, replies, strict=True):
                 if code in (errno_mod.ESRCH, errno_mod.ENOENT):
@@ -385,7 +310,7 @@ class IPVS:
     async def read_all(self) -> Table:
         """Every TCP/UDP service in the kernel, ours or not."""
         ((payloads, code),) = await self._exchange(
-            [(genl.IPVS_CMD_GET_SERVICE, b"", NLM_F_REQUEST | NLM_F_DUMP)])
+            [(IPVS_CMD_GET_SERVICE, b"", NLM_F_REQUEST | NLM_F_DUMP)])
         if code:
             raise KernelError(f"IPVS dump failed: {describe_errno(code)}", code)
         table: Table = {}

@@ -18,20 +18,18 @@ from __future__ import annotations
 
 import asyncio
 import errno
-import ipaddress
 import os
 import shutil
 import socket
 import subprocess
 from pathlib import Path
-from typing import Any
 
 import structlog
-from pyroute2 import AsyncIPRoute
-from pyroute2.netlink.exceptions import NetlinkError
 
+from lvscare import rtnl
 from lvscare.config import IPAddress, VirtualServer
 from lvscare.errors import KernelError
+from lvscare.netlink import NetlinkError, Socket
 
 log = structlog.get_logger("lvscare.vip")
 
@@ -105,137 +103,116 @@ RTN_LOCAL = 2
 RT_SCOPE_HOST = 254
 
 
-async def _node_source(ipr: Any, vs: VirtualServer, node_ip: IPAddress | None) -> str:
+async def _node_source(nl: Socket, vs: VirtualServer, node_ip: IPAddress | None) -> IPAddress:
     """--ip, else the source address of the node's route to the first real server."""
     if node_ip is not None:
-        return str(node_ip)
+        return node_ip
     if not vs.real_servers:
         raise KernelError(f"route mode for {vs.endpoint}: no real server to route towards; "
                           "give --ip")
     target = vs.real_servers[0].endpoint.ip
     try:
-        routes = await ipr.route("get", dst=str(target), family=_family(target))
+        route = await rtnl.route_get(nl, target)
     except NetlinkError as exc:
         raise KernelError(f"route mode for {vs.endpoint}: no route to real server {target}: "
-                          f"{os.strerror(exc.code)}; give --ip", exc.code) from None
-    source = routes[0].get("prefsrc") if routes else None
-    if not source:
+                          f"{os.strerror(exc.code)}; give --ip", exc.errno) from None
+    if route is None or route.prefsrc is None:
         raise KernelError(f"route mode for {vs.endpoint}: cannot tell the node's address; "
                           "give --ip")
-    return str(source)
+    return route.prefsrc
 
 
-async def _our_routes(ipr: Any, vip: IPAddress) -> list[Any]:
-    found = []
-    for table in (RT_TABLE_LOCAL, 254):  # 254: routes of earlier versions, to clean them up
-        async for r in await ipr.route("dump", family=_family(vip), table=table):
-            if (r.get("dst") == str(vip) and r.get("dst_len") == _prefixlen(vip)
-                    and r.get("proto") == RTPROT_LVSCARE):
-                found.append(r)
-    return found
+async def _our_routes(nl: Socket, vip: IPAddress) -> list[rtnl.Route]:
+    # Table main (254) too: routes of earlier versions, to clean them up.
+    return [r for r in await rtnl.route_dump(nl, _family(vip))
+            if r.dst == vip and r.dst_len == _prefixlen(vip) and r.protocol == RTPROT_LVSCARE
+            and r.table in (RT_TABLE_LOCAL, 254)]
 
 
-async def ensure_route(ipr: Any, vs: VirtualServer, node_ip: IPAddress | None) -> bool:
+async def ensure_route(nl: Socket, vs: VirtualServer, node_ip: IPAddress | None) -> bool:
     """Make the VIP's local route match; True if it changed anything."""
     vip = vs.endpoint.ip
-    source = await _node_source(ipr, vs, node_ip)
-    current = await _our_routes(ipr, vip)
+    source = await _node_source(nl, vs, node_ip)
+    current = await _our_routes(nl, vip)
     if len(current) == 1:
         r = current[0]
-        if (r.get("type") == RTN_LOCAL and r.get("table") == RT_TABLE_LOCAL
-                and r.get("prefsrc") == source):
+        if r.type == RTN_LOCAL and r.table == RT_TABLE_LOCAL and r.prefsrc == source:
             return False
     for r in current:
-        await _delete_route(ipr, r)
-    lo = (await ipr.link_lookup(ifname="lo"))[0]
+        await _delete_route(nl, r)
     try:
-        await ipr.route("replace", dst=f"{vip}/{_prefixlen(vip)}", family=_family(vip),
-                        type=RTN_LOCAL, scope=RT_SCOPE_HOST, table=RT_TABLE_LOCAL, oif=lo,
-                        prefsrc=source, proto=RTPROT_LVSCARE)
+        lo = await rtnl.link_get(nl, "lo")
+        assert lo is not None
+        await rtnl.route_replace(nl, rtnl.Route(
+            _family(vip), vip, _prefixlen(vip), RT_TABLE_LOCAL, RTPROT_LVSCARE, RT_SCOPE_HOST,
+            RTN_LOCAL, source, lo.index, None))
     except NetlinkError as exc:
         raise KernelError(f"cannot add route for VIP {vip} (source {source}): "
-                          f"{os.strerror(exc.code)}", exc.code) from None
-    log.info("route set", vip=str(vip), source=source)
+                          f"{os.strerror(exc.code)}", exc.errno) from None
+    log.info("route set", vip=str(vip), source=str(source))
     return True
 
 
-async def _delete_route(ipr: Any, r: Any) -> None:
-    kwargs: dict[str, Any] = {"dst": f"{r.get('dst')}/{r.get('dst_len')}", "family": r["family"],
-                              "type": r["type"], "scope": r["scope"], "proto": RTPROT_LVSCARE,
-                              "table": r.get("table")}
-    if r.get("priority") is not None:
-        kwargs["priority"] = r.get("priority")
+async def _delete_route(nl: Socket, r: rtnl.Route) -> None:
     try:
-        await ipr.route("del", **kwargs)
+        await rtnl.route_delete(nl, rtnl.Route(r.family, r.dst, r.dst_len, r.table, r.protocol,
+                                               r.scope, r.type, None, None, r.priority))
     except NetlinkError as exc:
         if exc.code != errno.ESRCH:
-            raise KernelError(f"cannot delete route for {r.get('dst')}: "
-                              f"{os.strerror(exc.code)}", exc.code) from None
+            raise KernelError(f"cannot delete route for {r.dst}: "
+                              f"{os.strerror(exc.code)}", exc.errno) from None
 
 
-async def remove_route(ipr: Any, vip: IPAddress) -> bool:
-    routes = await _our_routes(ipr, vip)
+async def remove_route(nl: Socket, vip: IPAddress) -> bool:
+    routes = await _our_routes(nl, vip)
     for r in routes:
-        await _delete_route(ipr, r)
+        await _delete_route(nl, r)
     return bool(routes)
 
 
 # -- link mode: dummy interface ------------------------------------------------------------------
 
 
-async def _link_index(ipr: Any, iface: str) -> int | None:
-    found = await ipr.link_lookup(ifname=iface)
-    return found[0] if found else None
-
-
-async def ensure_dummy_address(ipr: Any, iface: str, vip: IPAddress) -> bool:
+async def ensure_dummy_address(nl: Socket, iface: str, vip: IPAddress) -> bool:
     changed = False
-    index = await _link_index(ipr, iface)
     try:
-        if index is None:
-            await ipr.link("add", ifname=iface, kind="dummy")
-            index = await _link_index(ipr, iface)
+        link = await rtnl.link_get(nl, iface)
+        if link is None:
+            await rtnl.link_add_dummy(nl, iface)
+            link = await rtnl.link_get(nl, iface)
+            assert link is not None
             changed = True
-        link = (await ipr.link("get", index=index))[0]
-        if not link["flags"] & 1:  # IFF_UP: needed for an IPv6 VIP to be local
-            await ipr.link("set", index=index, state="up")
+        if not link.flags & rtnl.IFF_UP:  # needed for an IPv6 VIP to be local
+            await rtnl.link_up(nl, link.index)
             changed = True
-        addrs = [a async for a in await ipr.addr("dump", index=index)]
-        if not any(a.get("address") == str(vip) for a in addrs):
-            await ipr.addr("add", index=index, address=str(vip), prefixlen=_prefixlen(vip),
-                           family=_family(vip), flags=IFA_F_NODAD)
+        if not any(a.address == vip for a in await rtnl.addr_dump(nl, link.index)):
+            await rtnl.addr_add(nl, link.index, vip, IFA_F_NODAD)
             changed = True
     except NetlinkError as exc:
         hint = " (is the dummy module available?)" if exc.code == errno.EOPNOTSUPP else ""
         raise KernelError(f"cannot put VIP {vip} on interface {iface}: "
-                          f"{os.strerror(exc.code)}{hint}", exc.code) from None
+                          f"{os.strerror(exc.code)}{hint}", exc.errno) from None
     if changed:
         log.info("VIP bound", vip=str(vip), iface=iface)
     return changed
 
 
-async def remove_dummy_address(ipr: Any, iface: str, vip: IPAddress) -> bool:
-    index = await _link_index(ipr, iface)
-    if index is None:
-        return False
+async def remove_dummy_address(nl: Socket, iface: str, vip: IPAddress) -> bool:
     changed = False
     try:
-        addrs = [a async for a in await ipr.addr("dump", index=index)]
-        if any(a.get("address") == str(vip) for a in addrs):
-            await ipr.addr("del", index=index, address=str(vip), prefixlen=_prefixlen(vip),
-                           family=_family(vip))
+        link = await rtnl.link_get(nl, iface)
+        if link is None:
+            return False
+        if any(a.address == vip for a in await rtnl.addr_dump(nl, link.index)):
+            await rtnl.addr_delete(nl, link.index, vip)
             changed = True
-        link = (await ipr.link("get", index=index))[0]
-        info = link.get_attr("IFLA_LINKINFO")
-        kind = info.get_attr("IFLA_INFO_KIND") if info is not None else None
-        remaining = [a async for a in await ipr.addr("dump", index=index)
-                     if not ipaddress.ip_address(a.get("address")).is_link_local]
-        if kind == "dummy" and not remaining:
-            await ipr.link("del", index=index)
+        remaining = [a for a in await rtnl.addr_dump(nl, link.index) if not a.address.is_link_local]
+        if link.kind == "dummy" and not remaining:
+            await rtnl.link_delete(nl, link.index)
             changed = True
     except NetlinkError as exc:
         raise KernelError(f"cannot remove VIP {vip} from {iface}: {os.strerror(exc.code)}",
-                          exc.code) from None
+                          exc.errno) from None
     return changed
 
 
@@ -357,17 +334,25 @@ class Access:
     def __init__(self, iface: str, node_ip: IPAddress | None) -> None:
         self.iface = iface
         self.node_ip = node_ip
-        self._ipr: Any = None
+        self._nl: Socket | None = None
         self._iptables: dict[int, Iptables] = {}
 
     async def open(self) -> Access:
-        self._ipr = AsyncIPRoute()
+        try:
+            self._nl = rtnl.open_socket()
+        except OSError as exc:
+            raise KernelError(f"cannot open rtnetlink: {exc.strerror or exc}", exc.errno) from None
         return self
 
     def close(self) -> None:
-        if self._ipr is not None:
-            self._ipr.close()
-            self._ipr = None
+        if self._nl is not None:
+            self._nl.close()
+            self._nl = None
+
+    @property
+    def nl(self) -> Socket:
+        assert self._nl is not None, "Access.open() first"
+        return self._nl
 
     async def __aenter__(self) -> Access:
         return await self.open()
@@ -383,16 +368,16 @@ class Access:
         vip = vs.endpoint.ip
         changed = False
         if vs.mode == "route":
-            changed |= await ensure_route(self._ipr, vs, self.node_ip)
+            changed |= await ensure_route(self.nl, vs, self.node_ip)
         elif vs.mode == "link":
-            changed |= await ensure_dummy_address(self._ipr, self.iface, vip)
+            changed |= await ensure_dummy_address(self.nl, self.iface, vip)
             changed |= await self.iptables(vip.version).ensure(vs)
         return changed
 
     async def remove(self, vs: VirtualServer) -> bool:
         """Remove what any mode created for this VIP: -C works whatever --mode was used."""
         vip = vs.endpoint.ip
-        changed = await remove_route(self._ipr, vip)
-        changed |= await remove_dummy_address(self._ipr, self.iface, vip)
+        changed = await remove_route(self.nl, vip)
+        changed |= await remove_dummy_address(self.nl, self.iface, vip)
         changed |= await self.iptables(vip.version).remove(vs)
         return changed

@@ -72,14 +72,16 @@ def test_metrics_follow_a_failover(lab: Lab) -> None:
         assert sum(metric(text, "lvscare_probes_total", vs=vs, rs=b, outcome=o) or 0
                    for o in ("refused", "reset")) >= 1
         assert metric(text, "lvscare_virtual_server_healthy_real_servers", vs=vs) == 2
-        # Traffic through the VIP shows up as IPVS connection counts.
+        # Traffic through the VIP shows up as IPVS connection counts (sampled at each reconcile;
+        # closed connections stay in InActConn for the TIME_WAIT of IPVS, 2 minutes).
         lab.requests("10.103.97.2", count=4)
-        _, text = get(lab, "/metrics")
-        conns = sum(metric(text, "lvscare_real_server_inactive_connections", vs=vs,
-                           rs=x.address) or 0 for x in lab.backends[:2])
-        conns += sum(metric(text, "lvscare_real_server_active_connections", vs=vs,
-                            rs=x.address) or 0 for x in lab.backends[:2])
-        assert conns >= 1
+
+        def conns() -> float:
+            text = get(lab, "/metrics")[1]
+            return sum((metric(text, f"lvscare_real_server_{kind}_connections", vs=vs, rs=x.address) or 0)
+                       for x in lab.backends[:2] for kind in ("active", "inactive"))
+
+        wait(lambda: conns() >= 1, 10, care)
     finally:
         care.stop()
 

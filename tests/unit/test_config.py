@@ -194,3 +194,16 @@ def test_cli_bad_input_is_one_line_exit_2(capsys: pytest.CaptureFixture[str]) ->
 def test_cli_version(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["version", "--short"]) == 0
     assert capsys.readouterr().out.strip().startswith("v")
+
+
+@pytest.mark.parametrize(("address", "ok"), [
+    ("127.0.0.1:10262", True), ("0.0.0.0:10262", True), ("[::]:10262", True), (":10262", True),
+    ("[fd00::1]:10262", True), ("off", True), ("0.0.0.0:99999", False), ("localhost:10262", False),
+])
+def test_metrics_address_may_listen_on_every_address(address: str, ok: bool) -> None:
+    values = {"vs": VS, "rs": ["10.0.0.1:6443"], "metrics-address": address}
+    if ok:
+        cfg(values)
+    else:
+        with pytest.raises(UserError, match="--metrics-address"):
+            cfg(values)

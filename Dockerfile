@@ -1,0 +1,37 @@
+# lvscare: the daemon (lvscare care), lvscare static-pod and lvscare status in one small image.
+# Build: docker build -t lvscare:dev .
+# What the daemon needs at run time, and why (docs/operating.md#privileges):
+#   CAP_NET_ADMIN  IPVS rules, the VIP route or dummy interface (netlink)
+#   CAP_NET_RAW    iptables, link mode only
+#   sysctl writes  /proc/sys is read-only in an unprivileged container: the static pod and the
+#                  Helm chart write them from a privileged init container (lvscare care --run-once)
+#   ip_vs module   loaded by the kernel itself on the first IPVS netlink request (no CAP_SYS_MODULE)
+ARG PYTHON_IMAGE=python:3.11-slim-bookworm
+
+FROM ${PYTHON_IMAGE} AS build
+WORKDIR /src
+COPY pyproject.toml README.md ./
+COPY lvscare ./lvscare
+# The package and every dependency as wheels, so the final stage needs no compiler or index.
+RUN pip wheel --no-cache-dir --wheel-dir /wheels .
+
+FROM ${PYTHON_IMAGE}
+ARG VERSION=0.1.0
+LABEL org.opencontainers.image.title="lvscare" \
+      org.opencontainers.image.description="Node-local, health-checked IPVS path to the Kubernetes control plane" \
+      org.opencontainers.image.version="${VERSION}" \
+      org.opencontainers.image.licenses="Apache-2.0" \
+      org.opencontainers.image.source="https://github.com/lvscare/lvscare"
+# iptables for link mode's source NAT (both the legacy and nft backends come with it).
+# hadolint ignore=DL3008
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends iptables \
+ && rm -rf /var/lib/apt/lists/*
+RUN --mount=type=bind,from=build,source=/wheels,target=/wheels \
+    pip install --no-cache-dir --no-index --find-links=/wheels "lvscare==${VERSION}"
+ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1
+# Unprivileged by default; the daemon's manifests set runAsUser: 0 with only NET_ADMIN and NET_RAW,
+# because Kubernetes gives added capabilities to root processes only.
+USER 65532:65532
+ENTRYPOINT ["lvscare"]
+CMD ["--help"]

@@ -1,0 +1,59 @@
+{{- define "lvscare.name" -}}
+{{- .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "lvscare.labels" -}}
+app.kubernetes.io/name: lvscare
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
+{{- end -}}
+
+{{- define "lvscare.selector" -}}
+app.kubernetes.io/name: lvscare
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end -}}
+
+{{- define "lvscare.image" -}}
+{{ .Values.image.repository }}:{{ .Values.image.tag | default (printf "v%s" .Chart.AppVersion) }}
+{{- end -}}
+
+{{- /* lvscare care's arguments, in the order `lvscare static-pod` writes them
+       (tests/unit/test_chart.py checks that both agree for the same values). */ -}}
+{{- define "lvscare.args" -}}
+- care
+- --vs
+- {{ .Values.virtualServer | quote }}
+- --health-path
+- {{ .Values.health.path | quote }}
+- --health-schem
+- {{ .Values.health.scheme | quote }}
+{{- range .Values.realServers }}
+- --rs
+- {{ . | quote }}
+{{- end }}
+- --mode
+- {{ .Values.mode | quote }}
+- --health-timeout
+- {{ .Values.health.timeout | quote }}
+- --interval
+- {{ .Values.health.interval | quote }}
+- --rise
+- {{ .Values.health.rise | quote }}
+- --fall
+- {{ .Values.health.fall | quote }}
+{{- range .Values.health.status }}
+- --health-status
+- {{ . | quote }}
+{{- end }}
+- --metrics-address
+- {{ .Values.metrics.address | quote }}
+{{- range .Values.extraArgs }}
+- {{ . | quote }}
+{{- end }}
+{{- end -}}
+
+{{- define "lvscare.metricsPort" -}}
+{{- splitList ":" .Values.metrics.address | last -}}
+{{- end -}}

@@ -1,0 +1,1 @@
+"""installer: bootstrap Kubernetes nodes with lvscare in place before kubeadm join."""

@@ -1,0 +1,233 @@
+"""``installer join`` and ``installer clean``: put lvscare on nodes over SSH before kubeadm join.
+
+Exit codes: 0 every node done, 1 some node failed (the table names the step and the reason),
+2 bad input (nothing was contacted).
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import os
+import sys
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, NoReturn
+
+from installer.plan import Paths, Plan, describe, table
+
+if TYPE_CHECKING:
+    from installer.remote import Auth
+    from installer.steps import Progress
+
+PASSWORD_ENV = "LVSCARE_SSH_PASSWORD"
+
+
+class UsageError(Exception):
+    pass
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--node", action="append", default=[], help="node to act on: host[:port]; repeatable")
+    p.add_argument("--user", default="root", help="SSH user; not root means sudo (default root)")
+    p.add_argument("--passwd", help=f"SSH password (visible to ps: prefer --passwd-file or ${PASSWORD_ENV})")
+    p.add_argument("--passwd-file", help="file whose first line is the SSH password")
+    p.add_argument("--pk", help="SSH private key file")
+    p.add_argument("--known-hosts", default=str(Path("~/.ssh/known_hosts").expanduser()),
+                   help="known_hosts file to verify node keys against (default ~/.ssh/known_hosts)")
+    p.add_argument("--accept-new-host-keys", action="store_true",
+                   help="record keys of nodes not yet in known_hosts (a changed key is still refused)")
+    p.add_argument("--vip", default="10.103.97.2", help="virtual IP (default 10.103.97.2)")
+    p.add_argument("--port", default="6443", help="apiserver port, also the VIP's port (default 6443)")
+    p.add_argument("--parallel", default="10", help="nodes at a time (default 10)")
+    p.add_argument("--name", default=None, help="static pod name (default kube-sealos-lvscare)")
+    p.add_argument("--manifest-path", default=Paths.manifests, help="static pod directory on the nodes")
+    p.add_argument("--hosts-path", default=Paths.hosts, help="hosts file on the nodes")
+    p.add_argument("--bin-path", default=Paths.binary, help="where lvscare goes on the nodes")
+    p.add_argument("--state-dir", default=Paths.state, help="installer's working directory on the nodes")
+    p.add_argument("--connect-timeout", default="10", help="SSH connect timeout, seconds (default 10)")
+
+
+def make_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="installer", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    join = sub.add_parser("join", help="bootstrap nodes: lvscare rules, hosts, static pod, kubeadm join")
+    _common(join)
+    join.add_argument("--master", action="append", default=[], help="apiserver address; repeatable")
+    join.add_argument("--image", default=None, help="lvscare image for the static pod")
+    join.add_argument("--pkg-url", default=None, help="offline package (file or http(s) URL) with init.sh")
+    join.add_argument("--options", action="append", default=[],
+                      help="extra lvscare care arguments for the static pod, e.g. --options=--mode=link")
+    join.add_argument("--dry-run", action="store_true", help="print the plan per node, change nothing")
+    clean = sub.add_parser("clean", help="undo join: kubeadm reset, manifest, hosts block, rules")
+    _common(clean)
+    return parser
+
+
+def _int(value: str, flag: str, low: int, high: int) -> int:
+    try:
+        n = int(value)
+    except ValueError:
+        raise UsageError(f"{flag}: {value!r} is not a number") from None
+    if not low <= n <= high:
+        raise UsageError(f"{flag}: {n} is out of range {low}-{high}")
+    return n
+
+
+def _ip(value: str, flag: str) -> str:
+    try:
+        return str(ipaddress.ip_address(value.strip("[]")))
+    except ValueError:
+        raise UsageError(f"{flag}: {value!r} is not an IP address") from None
+
+
+def _nodes(values: Sequence[str]) -> tuple[str, ...]:
+    from installer.remote import split_host
+
+    nodes = [n.strip() for v in values for n in v.split(",") if n.strip()]
+    if not nodes:
+        raise UsageError("--node: at least one node is needed")
+    for n in nodes:
+        try:
+            host, port = split_host(n)
+        except ValueError:
+            raise UsageError(f"--node: {n!r} has no valid port") from None
+        if not host or not 1 <= port <= 65535:
+            raise UsageError(f"--node: {n!r} is not host[:port]")
+    dup = {n for n in nodes if nodes.count(n) > 1}
+    if dup:
+        raise UsageError(f"--node: {', '.join(sorted(dup))} given twice")
+    return tuple(nodes)
+
+
+def _password(args: argparse.Namespace) -> str | None:
+    if args.passwd_file:
+        try:
+            return Path(args.passwd_file).read_text(encoding="utf-8").splitlines()[0]
+        except (OSError, IndexError) as exc:
+            raise UsageError(f"--passwd-file: cannot read a password from {args.passwd_file}"
+                             + (f": {exc.strerror}" if isinstance(exc, OSError) else "")) from None
+    if args.passwd is not None:
+        print("installer: warning: --passwd is visible to other users in the process list; "
+              f"prefer --passwd-file or ${PASSWORD_ENV}", file=sys.stderr)
+        return str(args.passwd)
+    return os.environ.get(PASSWORD_ENV)
+
+
+def _key(path: str | None) -> str | None:
+    if path is None:
+        return None
+    import paramiko
+
+    p = Path(path).expanduser()
+    try:
+        paramiko.PKey.from_path(p)
+    except OSError as exc:
+        raise UsageError(f"--pk: cannot read {p}: {exc.strerror}") from None
+    except paramiko.PasswordRequiredException:
+        raise UsageError(f"--pk: {p} is encrypted; load it into an agent-free decrypted copy") from None
+    except (paramiko.SSHException, ValueError) as exc:
+        raise UsageError(f"--pk: {p} is not a usable private key ({exc})") from None
+    return str(p)
+
+
+def build(args: argparse.Namespace) -> tuple[Plan, Auth]:
+    from installer.remote import Auth
+
+    nodes = _nodes(args.node)
+    masters: tuple[str, ...] = ()
+    if args.command == "join":
+        masters = tuple(_ip(m, "--master") for v in args.master for m in v.split(",") if m.strip())
+        if not masters:
+            raise UsageError("--master: at least one apiserver address is needed")
+    vip = _ip(args.vip, "--vip")
+    port = _int(args.port, "--port", 1, 65535)
+    parallel = _int(args.parallel, "--parallel", 1, 1000)
+    timeout = _int(args.connect_timeout, "--connect-timeout", 1, 600)
+    pkg = getattr(args, "pkg_url", None)
+    if pkg and not pkg.startswith(("http://", "https://")) and not Path(pkg).is_file():
+        raise UsageError(f"--pkg-url: {pkg} is not a file or an http(s) URL")
+    for flag in ("manifest_path", "hosts_path", "bin_path", "state_dir"):
+        if not getattr(args, flag).startswith("/"):
+            raise UsageError(f"--{flag.replace('_', '-')}: must be an absolute path on the node")
+    password = _password(args)
+    key = _key(args.pk)
+    if password is None and key is None and not args.__dict__.get("dry_run"):
+        raise UsageError(f"give --pk, --passwd-file or ${PASSWORD_ENV} (or --passwd)")
+    paths = Paths(manifests=args.manifest_path.rstrip("/"), hosts=args.hosts_path,
+                  binary=args.bin_path, state=args.state_dir.rstrip("/"))
+    plan = Plan(masters=masters, nodes=nodes, user=args.user, vip=vip, port=port,
+                image=getattr(args, "image", None) or "", pkg=pkg, parallel=parallel, paths=paths,
+                options=tuple(o for v in getattr(args, "options", []) for o in v.split()))
+    auth = Auth(user=args.user, password=password, key_file=key, known_hosts=args.known_hosts,
+                accept_new=args.accept_new_host_keys, connect_timeout=timeout, staging=paths.state)
+    return plan, auth
+
+
+def _progress() -> Progress:
+    lock = threading.Lock()
+
+    def report(node: str, step: str, outcome: str) -> None:
+        with lock:
+            print(f"[{node}] {step}: {outcome}", file=sys.stderr, flush=True)
+
+    return report
+
+
+def cmd_join(args: argparse.Namespace) -> int:
+    from lvscare import staticpod
+    from lvscare.errors import UserError
+
+    plan, auth = build(args)
+    name = args.name or staticpod.DEFAULT_NAME
+    try:
+        manifest = staticpod.render(staticpod.StaticPod(
+            vip=plan.vs, masters=tuple(plan.real_servers), image=plan.image or staticpod.DEFAULT_IMAGE,
+            name=name, options=plan.options))
+    except UserError as exc:
+        raise UsageError(str(exc)) from None
+    if args.dry_run:
+        for node in plan.nodes:
+            print(f"{node}:")
+            for line in describe(plan, node):
+                print(f"  {line}")
+        return 0
+    from installer import bundle, steps
+
+    b = bundle.build()
+    inp = steps.Inputs(plan=plan, auth=auth, bundle=b, manifest_name=name,
+                       manifest=manifest, token=steps.TokenSource(plan, auth))
+    results = steps.join(inp, _progress())
+    print(table(results))
+    return 0 if all(r.ok for r in results) else 1
+
+
+def cmd_clean(args: argparse.Namespace) -> int:
+    from installer import steps
+    from lvscare import staticpod
+
+    plan, auth = build(args)
+    results = steps.clean(plan, auth, args.name or staticpod.DEFAULT_NAME, _progress())
+    print(table(results))
+    return 0 if all(r.ok for r in results) else 1
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = make_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:
+        return int(exc.code or 0)
+    try:
+        return cmd_join(args) if args.command == "join" else cmd_clean(args)
+    except UsageError as exc:
+        print(f"installer: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130

@@ -1,0 +1,169 @@
+"""Pure decisions of the installer: what each node gets, in which order, and how results read.
+
+Nothing here touches the network; ``installer.steps`` carries the plan out over SSH.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import PurePosixPath
+
+import yaml
+
+from installer import hosts
+
+JOIN_STEPS = ("preflight", "package", "lvscare", "rules", "hosts", "manifest", "join")
+CLEAN_STEPS = ("reset", "manifest", "rules", "hosts", "lvscare")
+_TOKEN = re.compile(r"^[a-z0-9]{6}\.[a-z0-9]{16}$")
+_HASH = re.compile(r"^sha256:[0-9a-f]{64}$")
+
+
+@dataclass(frozen=True)
+class Paths:
+    """Where things go on a node. Defaults are kubeadm's; k3s keeps static pods elsewhere."""
+
+    manifests: str = "/etc/kubernetes/manifests"
+    hosts: str = "/etc/hosts"
+    binary: str = "/usr/local/bin/lvscare"
+    state: str = "/var/lib/lvscare"
+
+    @property
+    def kubelet_conf(self) -> str:
+        # kubeadm join writes it last: its presence means the node has joined.
+        return str(PurePosixPath(self.manifests).parent / "kubelet.conf")
+
+
+@dataclass(frozen=True)
+class Plan:
+    masters: tuple[str, ...]
+    nodes: tuple[str, ...]
+    user: str
+    vip: str = "10.103.97.2"
+    port: int = 6443
+    image: str = ""
+    pkg: str | None = None
+    parallel: int = 10
+    paths: Paths = field(default_factory=Paths)
+    options: tuple[str, ...] = ()
+
+    @property
+    def vs(self) -> str:
+        return f"[{self.vip}]:{self.port}" if ":" in self.vip else f"{self.vip}:{self.port}"
+
+    @property
+    def real_servers(self) -> list[str]:
+        return [f"[{m}]:{self.port}" if ":" in m else f"{m}:{self.port}" for m in self.masters]
+
+    @property
+    def endpoint(self) -> str:
+        return f"{hosts.NAME}:{self.port}"
+
+    def care_args(self) -> list[str]:
+        args = ["care", "--vs", self.vs]
+        for rs in self.real_servers:
+            args += ["--rs", rs]
+        return args
+
+
+def describe(plan: Plan, node: str) -> list[str]:
+    """What ``join`` will do on one node, for ``--dry-run``."""
+    p = plan.paths
+    out = [f"preflight: ssh {plan.user}@{node}, root or sudo, python3 >= 3.11, ip_vs loadable, "
+           + ("kubeadm from the package" if plan.pkg else "kubeadm on PATH")]
+    out.append(f"package: copy {plan.pkg} and run its init.sh" if plan.pkg else "package: none given")
+    out += [
+        f"lvscare: install the self-contained lvscare zipapp at {p.binary}",
+        f"rules: {p.binary} {shlex.join([*plan.care_args(), '--run-once'])}",
+        f"hosts: '{plan.vip} {hosts.NAME}' in lvscare's block of {p.hosts}",
+        f"manifest: write {p.manifests}/<name>.yaml (lvscare static-pod)",
+        f"join: kubeadm join {plan.endpoint} with a token from {plan.masters[0]} "
+        f"(skipped if {p.kubelet_conf} exists)",
+    ]
+    return out
+
+
+@dataclass(frozen=True)
+class JoinToken:
+    token: str
+    ca_hashes: tuple[str, ...]
+
+
+def parse_join_command(text: str) -> JoinToken:
+    """The token and CA hashes of ``kubeadm token create --print-join-command`` output."""
+    lines = [line for line in text.splitlines() if line.strip().startswith("kubeadm join")]
+    if not lines:
+        raise ValueError("no 'kubeadm join' line in the output of kubeadm token create")
+    words = shlex.split(lines[-1])
+    token, hashes = None, []
+    for i, w in enumerate(words):
+        key, eq, val = w.partition("=")
+        if not eq and i + 1 < len(words):
+            val = words[i + 1]
+        if key == "--token":
+            token = val
+        elif key == "--discovery-token-ca-cert-hash":
+            hashes.append(val)
+    if token is None or not _TOKEN.match(token):
+        raise ValueError("the join command has no valid --token")
+    if not hashes or not all(_HASH.match(h) for h in hashes):
+        raise ValueError("the join command has no valid --discovery-token-ca-cert-hash")
+    return JoinToken(token, tuple(hashes))
+
+
+def kubeadm_api_version(version: str) -> str:
+    """v1beta4 from kubeadm 1.31 (which deprecates v1beta3), v1beta3 before."""
+    m = re.match(r"v?(\d+)\.(\d+)", version.strip())
+    if m and (int(m.group(1)), int(m.group(2))) >= (1, 31):
+        return "kubeadm.k8s.io/v1beta4"
+    return "kubeadm.k8s.io/v1beta3"
+
+
+def join_configuration(plan: Plan, token: JoinToken, api_version: str) -> str:
+    """A JoinConfiguration file: the token travels in a 0600 file, never on a command line."""
+    doc = {
+        "apiVersion": api_version,
+        "kind": "JoinConfiguration",
+        "discovery": {"bootstrapToken": {
+            "apiServerEndpoint": plan.endpoint,
+            "token": token.token,
+            "caCertHashes": list(token.ca_hashes),
+        }},
+    }
+    return yaml.safe_dump(doc, sort_keys=False)
+
+
+@dataclass
+class NodeResult:
+    node: str
+    steps: dict[str, str] = field(default_factory=dict)
+    failed_step: str | None = None
+    error: str | None = None
+    seconds: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return self.failed_step is None
+
+
+def table(results: Sequence[NodeResult]) -> str:
+    rows = [("NODE", "RESULT", "TIME", "DETAIL")]
+    for r in results:
+        if r.ok:
+            detail = ", ".join(f"{k} {v}" for k, v in r.steps.items() if v != "done") or "all steps done"
+            rows.append((r.node, "ok", f"{r.seconds:.1f}s", detail))
+        else:
+            rows.append((r.node, "FAILED", f"{r.seconds:.1f}s", f"{r.failed_step}: {r.error}"))
+    widths = [max(len(row[i]) for row in rows) for i in range(3)]
+    return "\n".join(
+        "  ".join(cell.ljust(w) for cell, w in zip(row[:3], widths, strict=True)) + "  " + row[3]
+        for row in rows)
+
+
+def redact(text: str, secrets: Sequence[str]) -> str:
+    for s in secrets:
+        if s:
+            text = text.replace(s, "***")
+    return text

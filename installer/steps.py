@@ -1,0 +1,276 @@
+"""``installer join`` and ``installer clean`` on nodes: each step idempotent, nodes in parallel.
+
+Every step first looks at the node and does nothing when it is already done, so rerunning after a
+failure finishes the job. A step reports "done" (it changed the node) or "ok" (already in place).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shlex
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+from installer import hosts
+from installer.bundle import Bundle
+from installer.plan import (
+    JoinToken,
+    NodeResult,
+    Plan,
+    join_configuration,
+    kubeadm_api_version,
+    parse_join_command,
+    redact,
+)
+from installer.remote import Auth, Remote, RemoteError
+
+Progress = Callable[[str, str, str], None]
+q = shlex.quote
+
+_PREFLIGHT = """
+[ "$(id -u)" = 0 ] || exit 10
+command -v python3 >/dev/null || exit 11
+python3 -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else 1)' || exit 11
+[ -e /proc/net/ip_vs ] || modprobe ip_vs 2>/dev/null || [ -e /proc/net/ip_vs ] || exit 12
+command -v kubeadm >/dev/null || [ "$1" = pkg ] || exit 13
+"""
+_PREFLIGHT_ERRORS = {
+    10: "not root, and sudo did not make us root",
+    11: "python3 >= 3.11 is needed on the node to run lvscare",
+    12: "the kernel cannot load ip_vs (modprobe ip_vs failed)",
+    13: "kubeadm is not on the node's PATH (install it, or give --pkg-url)",
+}
+
+
+@dataclass
+class Inputs:
+    """What every node gets, prepared once on the machine running the installer."""
+
+    plan: Plan
+    auth: Auth
+    bundle: Bundle
+    manifest_name: str
+    manifest: str
+    token: Callable[[], JoinToken]
+
+
+class TokenSource:
+    """One join token for the whole run, asked of the first master once (lazily, thread-safe)."""
+
+    def __init__(self, plan: Plan, auth: Auth) -> None:
+        self.plan, self.auth = plan, auth
+        self._lock = threading.Lock()
+        self._value: JoinToken | None = None
+        self._error: str | None = None
+
+    def __call__(self) -> JoinToken:
+        with self._lock:
+            if self._value is None and self._error is None:
+                master = self.plan.masters[0]
+                r = Remote(master, self.auth)
+                try:
+                    r.open()
+                    _, out, _ = r.run("kubeadm token create --print-join-command", timeout=120)
+                    self._value = parse_join_command(out)
+                except (RemoteError, ValueError) as exc:
+                    self._error = f"no join token from master {master}: {exc}"
+                finally:
+                    r.close()
+            if self._error is not None:
+                raise RemoteError(self._error)
+            assert self._value is not None
+            return self._value
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _write_if_changed(r: Remote, path: str, text: str, mode: int) -> str:
+    if r.read(path) == text:
+        return "ok"
+    r.write(path, text.encode(), mode)
+    return "done"
+
+
+def step_preflight(r: Remote, inp: Inputs) -> str:
+    code, _, _ = r.run(("set -- pkg\n" if inp.plan.pkg else "") + _PREFLIGHT, check=False)
+    if code:
+        raise RemoteError(_PREFLIGHT_ERRORS.get(code, f"preflight exit {code}"))
+    return "ok"
+
+
+def step_package(r: Remote, inp: Inputs) -> str:
+    pkg = inp.plan.pkg
+    if not pkg:
+        return "skipped"
+    state = f"{inp.plan.paths.state}/pkg"
+    if pkg.startswith(("http://", "https://")):
+        key = _sha256(pkg.encode())[:16]
+        fetch = ("python3 -c 'import sys, urllib.request; "
+                 "urllib.request.urlretrieve(sys.argv[1], sys.argv[2])' " + q(pkg) + f" {q(state)}/{key}.tgz")
+        data = None
+    else:
+        data = Path(pkg).read_bytes()
+        key = _sha256(data)[:16]
+        fetch = ""
+    work = f"{state}/{key}"
+    code, _, _ = r.run(f"[ -e {q(work)}/.lvscare-done ]", check=False)
+    if code == 0:
+        return "ok"
+    r.run(f"mkdir -p {q(state)}")
+    if data is not None:
+        r.write(f"{state}/{key}.tgz", data, 0o600)
+    else:
+        r.run(fetch, timeout=600)
+    r.run(f"rm -rf {q(work)} && mkdir -p {q(work)} && tar -xzf {q(state)}/{key}.tgz -C {q(work)}")
+    # init.sh at the top of the package or a level or two down (sealos packages: kube/shell/init.sh).
+    r.run(f"cd {q(work)} && s=$(find . -maxdepth 3 -name init.sh | awk '{{print length, $0}}' | sort -n "
+          f"| head -1 | cut -d' ' -f2-) && [ -n \"$s\" ] && cd \"$(dirname \"$s\")\" && sh ./init.sh",
+          timeout=1800)
+    r.run(f"touch {q(work)}/.lvscare-done")
+    return "done"
+
+
+def step_lvscare(r: Remote, inp: Inputs) -> str:
+    path = inp.plan.paths.binary
+    code, out, _ = r.run(f"sha256sum {q(path)} 2>/dev/null", check=False)
+    if code == 0 and out.split()[:1] == [inp.bundle.sha256]:
+        return "ok"
+    r.write(path, inp.bundle.path.read_bytes(), 0o755)
+    return "done"
+
+
+def step_rules(r: Remote, inp: Inputs) -> str:
+    args = [inp.plan.paths.binary, *inp.plan.care_args(), "--run-once", "--log-format", "console"]
+    r.run(shlex.join(args), timeout=120)
+    return "done"
+
+
+def step_hosts(r: Remote, inp: Inputs) -> str:
+    path = inp.plan.paths.hosts
+    text = r.read(path) or ""
+    try:
+        new = hosts.with_entry(text, inp.plan.vip)
+    except hosts.HostsConflict as exc:
+        raise RemoteError(f"{path}: {exc}") from None
+    if new == text:
+        return "ok"
+    r.write(path, new.encode(), 0o644)
+    return "done"
+
+
+def step_manifest(r: Remote, inp: Inputs) -> str:
+    return _write_if_changed(r, f"{inp.plan.paths.manifests}/{inp.manifest_name}.yaml", inp.manifest, 0o600)
+
+
+def step_join(r: Remote, inp: Inputs) -> str:
+    conf = inp.plan.paths.kubelet_conf
+    _, version, _ = r.run(f"if [ -e {q(conf)} ]; then echo joined; else kubeadm version -o short; fi")
+    if version.strip() == "joined":
+        return "ok"
+    token = inp.token()
+    text = join_configuration(inp.plan, token, kubeadm_api_version(version))
+    path = f"{inp.plan.paths.state}/join-configuration.yaml"
+    r.write(path, text.encode(), 0o600)
+    try:
+        r.run(f"kubeadm join --config {q(path)}", timeout=600)
+    except RemoteError as exc:
+        raise RemoteError(redact(str(exc), [token.token])) from None
+    finally:
+        r.run(f"rm -f {q(path)}", check=False)
+    return "done"
+
+
+JOIN: list[tuple[str, Callable[[Remote, Inputs], str]]] = [
+    ("preflight", step_preflight), ("package", step_package), ("lvscare", step_lvscare),
+    ("rules", step_rules), ("hosts", step_hosts), ("manifest", step_manifest), ("join", step_join),
+]
+
+
+def clean_steps(plan: Plan, manifest_name: str) -> list[tuple[str, Callable[[Remote], str]]]:
+    p = plan.paths
+    binary = q(p.binary)
+
+    def reset(r: Remote) -> str:
+        code, _, _ = r.run("command -v kubeadm >/dev/null", check=False)
+        if code:
+            return "skipped"
+        r.run("kubeadm reset -f", timeout=600)
+        return "done"
+
+    def manifest(r: Remote) -> str:
+        code, _, _ = r.run(f"rm {q(p.manifests)}/{q(manifest_name)}.yaml 2>/dev/null", check=False)
+        return "ok" if code else "done"
+
+    def rules(r: Remote) -> str:
+        code, _, _ = r.run(f"[ -x {binary} ]", check=False)
+        if code:
+            return "skipped"
+        r.run(shlex.join([p.binary, "care", "--vs", plan.vs, "-C", "--log-format", "console"]), timeout=120)
+        return "done"
+
+    def hosts_block(r: Remote) -> str:
+        text = r.read(p.hosts)
+        if text is None:
+            return "ok"
+        new = hosts.without_entry(text)
+        if new == text:
+            return "ok"
+        r.write(p.hosts, new.encode(), 0o644)
+        return "done"
+
+    def lvscare(r: Remote) -> str:
+        code, _, _ = r.run(f"rm {binary} 2>/dev/null", check=False)
+        return "ok" if code else "done"
+
+    return [("reset", reset), ("manifest", manifest), ("rules", rules), ("hosts", hosts_block),
+            ("lvscare", lvscare)]
+
+
+def _run_node(node: str, auth: Auth, steps: Sequence[tuple[str, Callable[[Remote], str]]],
+              progress: Progress) -> NodeResult:
+    res = NodeResult(node)
+    start = time.monotonic()
+    r = Remote(node, auth)
+    step = "connect"
+    try:
+        r.open()
+        for step, fn in steps:
+            t = time.monotonic()
+            res.steps[step] = fn(r)
+            progress(node, step, f"{res.steps[step]} ({time.monotonic() - t:.1f}s)")
+    except RemoteError as exc:
+        res.failed_step, res.error = step, r.redact(str(exc))
+        progress(node, step, f"FAILED: {res.error}")
+    except Exception as exc:  # a bug must fail one node, not the run
+        res.failed_step, res.error = step, r.redact(f"{type(exc).__name__}: {exc}")
+        progress(node, step, f"FAILED: {res.error}")
+    finally:
+        r.close()
+        res.seconds = time.monotonic() - start
+    return res
+
+
+def run_parallel(nodes: Sequence[str], parallel: int,
+                 work: Callable[[str], NodeResult]) -> list[NodeResult]:
+    with ThreadPoolExecutor(max_workers=max(1, parallel)) as pool:
+        return list(pool.map(work, nodes))
+
+
+def join(inp: Inputs, progress: Progress) -> list[NodeResult]:
+    def bind(fn: Callable[[Remote, Inputs], str]) -> Callable[[Remote], str]:
+        return lambda r: fn(r, inp)
+
+    steps = [(name, bind(fn)) for name, fn in JOIN]
+    return run_parallel(inp.plan.nodes, inp.plan.parallel,
+                        lambda node: _run_node(node, inp.auth, steps, progress))
+
+
+def clean(plan: Plan, auth: Auth, manifest_name: str, progress: Progress) -> list[NodeResult]:
+    steps = clean_steps(plan, manifest_name)
+    return run_parallel(plan.nodes, plan.parallel, lambda node: _run_node(node, auth, steps, progress))

@@ -1,0 +1,182 @@
+"""The static pod manifest that keeps lvscare running on a node (``lvscare static-pod``).
+
+One source for the manifest: the installer renders it with this module, and the Helm chart's tests
+compare their DaemonSet arguments against :func:`care_args`. The layout follows Go lvscare's
+``sealctl static-pod lvscare`` (same default name and path, same argument order) so that a node
+moved from the Go tool keeps exactly one lvscare pod.
+
+Privileges: the long-running container has only CAP_NET_ADMIN (IPVS and routes over netlink) and
+CAP_NET_RAW (iptables in link mode). Container runtimes mount ``/proc/sys`` read-only unless the
+container is privileged, so a privileged init container runs the same arguments with
+``--run-once``: it writes the sysctls after a reboot and puts the rules back before the daemon
+starts, then exits. The daemon only verifies those sysctls.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from lvscare import __version__
+from lvscare.config import DEFAULT_VS, parse_endpoint, parse_ip
+from lvscare.errors import UserError
+
+DEFAULT_NAME = "kube-sealos-lvscare"
+DEFAULT_PATH = "/etc/kubernetes/manifests"
+DEFAULT_IMAGE = f"ghcr.io/lvscare/lvscare:v{__version__}"
+METRICS_ADDRESS = "127.0.0.1:10262"
+
+
+@dataclass(frozen=True)
+class StaticPod:
+    vip: str = DEFAULT_VS
+    masters: tuple[str, ...] = ()
+    image: str = DEFAULT_IMAGE
+    name: str = DEFAULT_NAME
+    options: tuple[str, ...] = field(default=())
+
+
+def real_servers(vip: str, masters: Sequence[str]) -> list[str]:
+    """Masters as ``address:port``; a bare address takes the VIP's port, as kubeadm's apiservers
+    listen on the same port the VIP serves."""
+    port = parse_endpoint(vip, "--vip").port
+    out = []
+    for m in masters:
+        for item in filter(None, (p.strip() for p in m.split(","))):
+            try:
+                out.append(str(parse_endpoint(item, "--masters")))
+            except UserError:
+                try:
+                    ip = parse_ip(item.strip("[]"), "--masters")
+                except UserError:
+                    raise UserError(f"--masters: {item!r} is not an address or address:port") from None
+                out.append(str(parse_endpoint(f"[{ip}]:{port}" if ip.version == 6 else f"{ip}:{port}")))
+    return out
+
+
+def care_args(vip: str, masters: Sequence[str], options: Sequence[str] = ()) -> list[str]:
+    """The daemon's arguments, in Go lvscare's order, checked by the daemon's own parser."""
+    args = ["care", "--vs", str(parse_endpoint(vip, "--vip")), "--health-path", "/healthz",
+            "--health-schem", "https"]
+    for rs in real_servers(vip, masters):
+        args += ["--rs", rs]
+    args += list(options)
+    _check(args)
+    return args
+
+
+def _check(args: list[str]) -> None:
+    # The manifest must not carry arguments that would make the pod crash-loop on every node.
+    from lvscare.cli import load_config, make_parser
+
+    try:
+        ns = make_parser(raise_errors=True).parse_args(args)
+    except UserError as exc:
+        raise UserError(f"--options: lvscare care would reject it: {exc}") from None
+    values = {k: v for k, v in vars(ns).items() if k != "command"}
+    if "rs" not in values and "config" not in values:
+        raise UserError("--masters: at least one apiserver address is needed")
+    if "run-once" in values or "clean" in values:
+        raise UserError("--options: --run-once and -C make no sense in a long-running pod")
+    load_config(values, {})
+
+
+def manifest(pod: StaticPod) -> dict[str, Any]:
+    args = care_args(pod.vip, pod.masters, pod.options)
+    if not pod.image or any(c.isspace() for c in pod.image):
+        raise UserError(f"--image: not an image reference: {pod.image!r}")
+    lib_modules = {"name": "lib-modules", "mountPath": "/lib/modules", "readOnly": True}
+    # iptables (link mode) takes this lock; sharing the host's serialises us with kube-proxy.
+    xtables_lock = {"name": "xtables-lock", "mountPath": "/run/xtables.lock"}
+    labels = {"app.kubernetes.io/name": "lvscare", "component": "lvscare", "tier": "control-plane"}
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": pod.name, "namespace": "kube-system", "labels": labels},
+        "spec": {
+            "hostNetwork": True,
+            "priorityClassName": "system-node-critical",
+            "dnsPolicy": "ClusterFirstWithHostNet",
+            "initContainers": [{
+                "name": "rules",
+                "image": pod.image,
+                "imagePullPolicy": "IfNotPresent",
+                "command": ["lvscare"],
+                "args": [*args, "--run-once"],
+                "securityContext": {"privileged": True, "runAsUser": 0},
+                "volumeMounts": [lib_modules, xtables_lock],
+            }],
+            "containers": [{
+                "name": pod.name,
+                "image": pod.image,
+                "imagePullPolicy": "IfNotPresent",
+                "command": ["lvscare"],
+                "args": args,
+                "securityContext": {
+                    "privileged": False,
+                    # The image's default user is unprivileged; capabilities added to a non-root
+                    # process are not effective in Kubernetes (no ambient capabilities).
+                    "runAsUser": 0,
+                    "allowPrivilegeEscalation": False,
+                    "readOnlyRootFilesystem": True,
+                    "capabilities": {"drop": ["ALL"], "add": ["NET_ADMIN", "NET_RAW"]},
+                },
+                "resources": {
+                    "requests": {"cpu": "10m", "memory": "64Mi"},
+                    "limits": {"cpu": "200m", "memory": "128Mi"},
+                },
+                "livenessProbe": {
+                    "httpGet": {"host": "127.0.0.1", "port": 10262, "path": "/healthz"},
+                    "initialDelaySeconds": 10,
+                    "periodSeconds": 10,
+                    "timeoutSeconds": 3,
+                    "failureThreshold": 6,
+                },
+                "volumeMounts": [lib_modules, xtables_lock],
+            }],
+            "volumes": [
+                {"name": "lib-modules", "hostPath": {"path": "/lib/modules", "type": ""}},
+                {"name": "xtables-lock", "hostPath": {"path": "/run/xtables.lock", "type": "FileOrCreate"}},
+            ],
+        },
+    }
+
+
+def render(pod: StaticPod) -> str:
+    return yaml.safe_dump(manifest(pod), sort_keys=False, default_flow_style=False)
+
+
+def write_atomic(path: Path, text: str, mode: int = 0o600) -> None:
+    """Write through a temporary file in the same directory: kubelet never reads half a manifest."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def set_image(path: Path, image: str) -> str:
+    """Rewrite only the image of an existing manifest (``--set-img``, as sealctl)."""
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        spec = data["spec"]
+        for c in [*spec.get("initContainers", []), *spec["containers"]]:
+            c["image"] = image
+    except (OSError, yaml.YAMLError, KeyError, TypeError) as exc:
+        raise UserError(f"--set-img: cannot rewrite {path}: {exc}") from None
+    return yaml.safe_dump(data, sort_keys=False, default_flow_style=False)

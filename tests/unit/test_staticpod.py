@@ -1,0 +1,90 @@
+"""``lvscare static-pod``: the manifest is valid Kubernetes, least-privileged, and the one source."""
+
+from __future__ import annotations
+
+import os
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import kubernetes_validate
+import pytest
+import yaml
+
+from lvscare import staticpod
+from lvscare.cli import main
+
+REPO = Path(__file__).resolve().parents[2]
+MASTERS = ("192.168.0.2", "192.168.0.3", "192.168.0.4")
+
+
+@pytest.mark.parametrize("options", [(), ("--mode", "link"), ("--health-status", "401", "--interval", "2s")])
+def test_manifest_is_valid_against_the_kubernetes_schema(options: tuple[str, ...]) -> None:
+    doc = staticpod.manifest(staticpod.StaticPod(masters=MASTERS, options=options))
+    for version in ("1.28", "1.31"):
+        kubernetes_validate.validate(doc, version, strict=True)
+
+
+def test_daemon_runs_with_net_admin_only_and_the_init_container_is_the_run_once() -> None:
+    doc = staticpod.manifest(staticpod.StaticPod(masters=MASTERS))
+    spec = doc["spec"]
+    main_c, = spec["containers"]
+    init, = spec["initContainers"]
+    assert spec["hostNetwork"] is True and spec["priorityClassName"] == "system-node-critical"
+    assert main_c["securityContext"]["privileged"] is False
+    assert main_c["securityContext"]["capabilities"] == {"drop": ["ALL"], "add": ["NET_ADMIN", "NET_RAW"]}
+    assert main_c["resources"]["limits"] and main_c["resources"]["requests"]
+    assert main_c["livenessProbe"]["httpGet"] == {"host": "127.0.0.1", "port": 10262, "path": "/healthz"}
+    assert init["args"] == [*main_c["args"], "--run-once"]
+    assert {"name": "lib-modules", "mountPath": "/lib/modules", "readOnly": True} in main_c["volumeMounts"]
+    # Go lvscare's argument order, so diffs against an old manifest read naturally.
+    assert main_c["args"] == ["care", "--vs", "10.103.97.2:6443", "--health-path", "/healthz",
+                              "--health-schem", "https", "--rs", "192.168.0.2:6443",
+                              "--rs", "192.168.0.3:6443", "--rs", "192.168.0.4:6443"]
+
+
+def test_the_committed_example_is_what_the_generator_writes() -> None:
+    committed = (REPO / "manifests" / "kube-sealos-lvscare.yaml").read_text()
+    assert committed == staticpod.render(staticpod.StaticPod(masters=(",".join(MASTERS),)))
+
+
+def test_static_pod_writes_the_file_atomically_and_set_img_changes_only_the_image(tmp_path: Path) -> None:
+    assert main(["static-pod", "--masters", "10.0.0.2", "--path", str(tmp_path), "--vip",
+                 "10.103.97.2:6443"]) == 0
+    path = tmp_path / "kube-sealos-lvscare.yaml"
+    before = yaml.safe_load(path.read_text())
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    assert [p.name for p in tmp_path.iterdir()] == [path.name]  # no temporary file left behind
+    assert main(["static-pod", "--set-img", "--image", "registry.local/lvscare:v9", "--path",
+                 str(tmp_path)]) == 0
+    after = yaml.safe_load(path.read_text())
+    assert after["spec"]["containers"][0]["image"] == "registry.local/lvscare:v9"
+    assert after["spec"]["initContainers"][0]["image"] == "registry.local/lvscare:v9"
+    after["spec"]["containers"][0]["image"] = after["spec"]["initContainers"][0]["image"] = \
+        before["spec"]["containers"][0]["image"]
+    assert after == before
+
+
+def test_bare_master_addresses_take_the_vip_port() -> None:
+    assert staticpod.real_servers("[fd00::2]:443", ["fd00::1", "[fd00::3]:6443"]) == \
+        ["[fd00::1]:443", "[fd00::3]:6443"]
+    assert staticpod.real_servers("10.103.97.2:6443", ["10.0.0.1,10.0.0.2:7443"]) == \
+        ["10.0.0.1:6443", "10.0.0.2:7443"]
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    ([], "--masters: at least one apiserver address is needed"),
+    (["--masters", "10.0.0.300"], "--masters: '10.0.0.300' is not an address"),
+    (["--masters", "10.0.0.2", "--vip", "10.103.97.2"], "--vip: '10.103.97.2' has no port"),
+    (["--masters", "10.0.0.2", "--options=--mode=bogus"], "--mode: 'bogus' is not one of"),
+    (["--masters", "10.0.0.2", "--options=--run-once"], "--run-once and -C make no sense"),
+    (["--masters", "10.0.0.2", "--options=--bogus"], "lvscare care would reject it: unrecognized"),
+    (["--masters", "fd00::1"], "is IPv6 but virtual server 10.103.97.2:6443 is IPv4"),
+])
+def test_bad_input_is_one_line_and_exit_2(args: list[str], message: str, tmp_path: Path) -> None:
+    p = subprocess.run([sys.executable, "-m", "lvscare", "static-pod", "--path", str(tmp_path), *args],
+                       capture_output=True, text=True)
+    assert p.returncode == 2
+    assert len(p.stderr.splitlines()) == 1 and message in p.stderr
+    assert list(tmp_path.iterdir()) == []
