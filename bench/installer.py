@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -23,20 +24,23 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from lvscare import testkernel
 
 
-def join(lab: object, master: str, nodes: list[str], parallel: int) -> float:
+def join(lab: object, master: str, nodes: list[str], parallel: int) -> tuple[float, float]:
+    """Wall seconds of one `installer join`, and the CPU seconds of the installer process."""
     from lvscare.lab.sshnodes import SshLab
 
     assert isinstance(lab, SshLab)
     args = ["join", "--master", master, "--parallel", str(parallel), *lab.flags()]
     for n in nodes:
         args += ["--node", n]
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.monotonic()
     p = subprocess.run([sys.executable, "-m", "installer", *args], capture_output=True, text=True,
                        timeout=1200)
     took = time.monotonic() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if p.returncode != 0:
         raise SystemExit(f"installer failed:\n{p.stdout}\n{p.stderr[-2000:]}")
-    return took
+    return took, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
 
 
 def run(nodes: int, parallel: int, repeat: int) -> None:
@@ -47,13 +51,17 @@ def run(nodes: int, parallel: int, repeat: int) -> None:
     t = time.monotonic()
     bundle.build()
     print(f"  bundle built in {time.monotonic() - t:.1f}s (cached afterwards)")
-    singles, fleets = [], []
+    singles, fleets, cpu1, cpun = [], [], [], []
     for _ in range(repeat):
         lab = sshnodes.build(2 + nodes)
         try:
             master, solo, *fleet = lab.nodes
-            singles.append(join(lab, master.address, [solo.address], parallel))
-            fleets.append(join(lab, master.address, [n.address for n in fleet], parallel))
+            wall, cpu = join(lab, master.address, [solo.address], parallel)
+            singles.append(wall)
+            cpu1.append(cpu)
+            wall, cpu = join(lab, master.address, [n.address for n in fleet], parallel)
+            fleets.append(wall)
+            cpun.append(cpu)
             assert all("10.103.97.2:6443" in n.ipvsadm() for n in fleet)
         finally:
             lab.close()
@@ -61,7 +69,9 @@ def run(nodes: int, parallel: int, repeat: int) -> None:
     single, fleet = statistics.median(singles), statistics.median(fleets)
     print(f"installer join, median of {repeat}: 1 node {single:.1f}s; {nodes} nodes with --parallel "
           f"{parallel} {fleet:.1f}s; ratio {fleet / single:.2f} (goal < 3)")
-    print(f"kernel CPUs: {os.cpu_count()}")
+    print(f"installer process CPU: 1 node {statistics.median(cpu1):.1f}s; {nodes} nodes "
+          f"{statistics.median(cpun):.1f}s ({statistics.median(cpun) / nodes:.2f}s per node)")
+    print(f"kernel CPUs: {os.cpu_count()} (every simulated node shares them with the installer)")
 
 
 def main() -> int:

@@ -29,7 +29,6 @@ from lvscare.errors import KernelError, UserError
 from lvscare.health import Decision, Health, ProbeResult, State, decide, initial, step
 from lvscare.ipvs import IPVS, describe_op
 from lvscare.metrics import Metrics
-from lvscare.nudge import Nudger
 from lvscare.plan import AddDest, DelDest, Dest, Op, SetDest, Table, desired_table, op_key, service_key
 from lvscare.prober import Prober
 from lvscare.vip import Access, ensure_sysctls, sysctl_values
@@ -80,8 +79,6 @@ class Daemon:
         self.metrics.attach(self)
         self._sysctls: dict[str, str | None] = {}
         self._sysctls_read = 0.0
-        self.nudger = Nudger()
-        self._nudge_failed = False
 
     def kernel_state(self, vs: VirtualServer) -> dict[Endpoint, Dest]:
         """Our best knowledge of the kernel for ``vs``: weights as last written, connection
@@ -151,7 +148,6 @@ class Daemon:
                 task.cancel()
             await asyncio.gather(*self._probes.values(), return_exceptions=True)
             await self.prober.close()
-            self.nudger.close()
             self.access.close()
             self.ipvs.close()
 
@@ -349,8 +345,6 @@ class Daemon:
         for op in ops:
             if self._planned(op):
                 log.info("ipvs", change=describe_op(op))
-            if isinstance(op, DelDest):
-                self._nudge(op)
         self._applied_once = True
         self._expected = want
         if time.monotonic() - self._last_access >= ACCESS_EVERY:
@@ -360,23 +354,6 @@ class Daemon:
         self.stats.reconciles += 1
         self.stats.last_reconcile = time.time()
         return ops
-
-    def _nudge(self, op: DelDest) -> None:
-        """Reset the clients of a deleted real server now rather than at their next packet."""
-        vip = op.key.endpoint
-        clients = self.nudger.clients(vip, op.endpoint)
-        if not clients:
-            return
-        try:
-            sent = self.nudger.nudge(vip, clients)
-        except OSError as exc:
-            if not self._nudge_failed:
-                log.warning("cannot nudge clients of a removed real server (needs CAP_NET_RAW); "
-                            "they reconnect at their next retransmission", error=str(exc))
-            self._nudge_failed = True
-            return
-        self.metrics.nudged(str(vip), sent)
-        log.info("clients nudged", vs=str(vip), rs=str(op.endpoint), clients=sent)
 
     def _planned(self, op: Op) -> bool:
         """True if ``op`` follows from a change of desired state since the last reconcile."""
