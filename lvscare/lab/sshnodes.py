@@ -4,8 +4,9 @@ Node i (1-based) is netns ``<tag>n<i>`` joined to the root namespace by a veth p
 root side 10.210.<i>.1/24, node side 10.210.<i>.2/24 (the node's address, sshd on port 22), default
 route back through the root side. Each sshd runs in a private mount namespace in which
 
-- ``/etc/shadow`` and ``/etc/passwd`` are copies that give root the test password and ``/bin/sh``
-  as login shell (the machine's own files are untouched),
+- ``/etc/shadow``, ``/etc/passwd``, ``/etc/group`` and ``/etc/sudoers`` are copies that give root
+  the test password and ``/bin/sh`` as login shell, and add a user ``ops`` (same password) that
+  may sudo (the machine's own files are untouched),
 - the node's directory (``<workdir>/n<i>``) is mounted on ``/mnt``, so every file the installer
   writes (``--hosts-path /mnt/hosts``, ``--manifest-path /mnt/kubernetes/manifests``, ...) lands in
   the test's directory,
@@ -29,6 +30,7 @@ from pathlib import Path
 from lvscare.lab.topology import sh
 
 PASSWORD = "lab-password-not-secret"
+SUDO_USER, SUDO_UID = "ops", 4242
 KUBEADM_DOUBLE = Path(__file__).resolve().parents[2] / "tests" / "support" / "kubeadm-double"
 _counter = itertools.count(1)
 
@@ -106,6 +108,8 @@ Subsystem sftp internal-sftp
 _WRAPPER = """set -e
 mount --bind {dir}/shadow /etc/shadow
 mount --bind {dir}/passwd /etc/passwd
+mount --bind {dir}/group /etc/group
+[ ! -e /etc/sudoers ] || mount --bind {dir}/sudoers /etc/sudoers
 mount --bind {dir} /mnt
 mkdir -p /run/sshd
 exec /usr/sbin/sshd -D -e -f {dir}/sshd_config
@@ -114,7 +118,7 @@ exec /usr/sbin/sshd -D -e -f {dir}/sshd_config
 
 def _shadow(password: str) -> str:
     hashed = sh("openssl", "passwd", "-6", password).stdout.strip()
-    out = []
+    out = [f"{SUDO_USER}:{hashed}:19000:0:99999:7:::"]
     for line in Path("/etc/shadow").read_text().splitlines():
         name, _, rest = line.partition(":")
         out.append(f"{name}:{hashed}:{rest.split(':', 1)[1]}" if name == "root" else line)
@@ -123,8 +127,9 @@ def _shadow(password: str) -> str:
 
 def _passwd() -> str:
     # root's login shell becomes /bin/sh: the machine's own ~/.bashrc (pyenv and the like) would
-    # otherwise run before every remote command and dominate the timings.
-    out = []
+    # otherwise run before every remote command and dominate the timings. The sudo user's home is
+    # the node's /mnt/home.
+    out = [f"{SUDO_USER}:x:{SUDO_UID}:{SUDO_UID}::/mnt/home:/bin/sh"]
     for line in Path("/etc/passwd").read_text().splitlines():
         f = line.split(":")
         if f[0] == "root":
@@ -170,6 +175,13 @@ def _add_node(lab: SshLab, i: int, shadow: str, start: bool) -> Node:
     (d / "shadow").write_text(shadow)
     (d / "shadow").chmod(0o600)
     (d / "passwd").write_text(_passwd())
+    (d / "group").write_text(Path("/etc/group").read_text() + f"{SUDO_USER}:x:{SUDO_UID}:\n")
+    # A non-root login that becomes root through sudo, asked for its password.
+    (d / "sudoers").write_text(f"Defaults !lecture\n{SUDO_USER} ALL=(ALL:ALL) ALL\n")
+    (d / "sudoers").chmod(0o440)
+    home = d / "home"
+    home.mkdir()
+    os.chown(home, SUDO_UID, SUDO_UID)
     sh("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(d / "ssh_host_ed25519_key"))
     address = f"10.210.{i}.2"
     (d / "sshd_config").write_text(_SSHD_CONFIG.format(address=address, dir=d, lab=lab.workdir))

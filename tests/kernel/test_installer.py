@@ -200,3 +200,22 @@ def test_host_keys_are_verified(lab2: SshLab, tmp_path: Path) -> None:
     changed = installer("clean", "--node", node.address, *flags, "--accept-new-host-keys")
     assert changed.returncode == 1
     assert "does not match" in changed.stdout
+
+
+def test_a_sudo_user_joins_and_cleans(lab2: SshLab, tmp_path: Path) -> None:
+    """Not root: every step goes through `sudo -S`, its password (the SSH one) on stdin only."""
+    master, node = lab2.nodes
+    secret = tmp_path / "password"
+    secret.write_text(PASSWORD + "\n")
+    flags = [*lab2.flags(key=False), "--user", sshnodes.SUDO_USER, "--passwd-file", str(secret)]
+    joined = installer("join", "--master", master.address, "--node", node.address, *flags)
+    assert joined.returncode == 0, joined.stdout + joined.stderr
+    assert VS_LINE in node.ipvsadm()
+    manifest = node.file("kubernetes/manifests/kube-sealos-lvscare.yaml")
+    assert manifest.stat().st_uid == 0 and oct(manifest.stat().st_mode & 0o777) == "0o600"
+    assert node.kubeadm_calls()[-1] == "join --config /mnt/state/join-configuration.yaml"
+    assert list(node.file("home").iterdir()) == []  # uploads staged in the home are gone
+    assert PASSWORD not in joined.stdout + joined.stderr
+    cleaned = installer("clean", "--node", node.address, *flags)
+    assert cleaned.returncode == 0, cleaned.stdout + cleaned.stderr
+    assert node.file("hosts").read_text() == HOSTS and "10.103.97.2" not in node.ipvsadm()
