@@ -29,6 +29,7 @@ from lvscare.errors import KernelError, UserError
 from lvscare.health import Decision, Health, ProbeResult, State, decide, initial, step
 from lvscare.ipvs import IPVS, describe_op
 from lvscare.metrics import Metrics
+from lvscare.nudge import EXPIRE_WAIT, Nudger
 from lvscare.plan import AddDest, DelDest, Dest, Op, SetDest, Table, desired_table, op_key, service_key
 from lvscare.prober import Prober
 from lvscare.vip import Access, ensure_sysctls, sysctl_values
@@ -79,6 +80,8 @@ class Daemon:
         self.metrics.attach(self)
         self._sysctls: dict[str, str | None] = {}
         self._sysctls_read = 0.0
+        self.nudger = Nudger()
+        self._nudge_failed = False
 
     def kernel_state(self, vs: VirtualServer) -> dict[Endpoint, Dest]:
         """Our best knowledge of the kernel for ``vs``: weights as last written, connection
@@ -148,6 +151,7 @@ class Daemon:
                 task.cancel()
             await asyncio.gather(*self._probes.values(), return_exceptions=True)
             await self.prober.close()
+            self.nudger.close()
             self.access.close()
             self.ipvs.close()
 
@@ -345,6 +349,8 @@ class Daemon:
         for op in ops:
             if self._planned(op):
                 log.info("ipvs", change=describe_op(op))
+        await self._nudge([op for op in ops if isinstance(op, DelDest)
+                           and self._mode(op.key.endpoint) == "route"])
         self._applied_once = True
         self._expected = want
         if time.monotonic() - self._last_access >= ACCESS_EVERY:
@@ -354,6 +360,31 @@ class Daemon:
         self.stats.reconciles += 1
         self.stats.last_reconcile = time.time()
         return ops
+
+    def _mode(self, vip: Endpoint) -> str | None:
+        return next((vs.mode for vs in self.cfg.virtual_servers if vs.endpoint == vip), None)
+
+    async def _nudge(self, deleted: list[DelDest]) -> None:
+        """Reset the clients of deleted real servers now rather than at their next packet."""
+        work = [(op, self.nudger.clients(op.key.endpoint, op.endpoint)) for op in deleted]
+        work = [(op, clients) for op, clients in work if clients]
+        if not work:
+            return
+        try:
+            for op, clients in work:
+                self.nudger.expire(op.key.endpoint, clients)
+            await asyncio.sleep(EXPIRE_WAIT)
+            for op, clients in work:
+                self.nudger.poke(op.key.endpoint, clients)
+        except OSError as exc:
+            if not self._nudge_failed:
+                log.warning("cannot nudge clients of a removed real server (needs CAP_NET_RAW); "
+                            "they reconnect at their next retransmission", error=str(exc))
+            self._nudge_failed = True
+            return
+        for op, clients in work:
+            self.metrics.nudged(str(op.key.endpoint), len(clients))
+            log.info("clients nudged", vs=str(op.key.endpoint), rs=str(op.endpoint), clients=len(clients))
 
     def _planned(self, op: Op) -> bool:
         """True if ``op`` follows from a change of desired state since the last reconcile."""

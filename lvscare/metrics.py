@@ -86,6 +86,7 @@ class Metrics:
         self.probes: dict[RsKey, dict[str, int]] = {}
         self.transitions: dict[RsKey, dict[str, int]] = {}
         self.repairs: dict[str, int] = {}
+        self.nudges: dict[str, int] = {}
         self.reconcile_duration = Histogram(RECONCILE_BUCKETS)
         self.reconcile_errors: dict[str, int] = {}
         self._labels: dict[RsKey, str] = {}
@@ -114,6 +115,9 @@ class Metrics:
 
     def repair(self, vs: str, n: int = 1) -> None:
         self.repairs[vs] = self.repairs.get(vs, 0) + n
+
+    def nudged(self, vs: str, n: int) -> None:
+        self.nudges[vs] = self.nudges.get(vs, 0) + n
 
     def reconcile_error(self, kind: str) -> None:
         self.reconcile_errors[kind] = self.reconcile_errors.get(kind, 0) + 1
@@ -237,6 +241,9 @@ class Metrics:
                 ("lvscare_rules_repaired_total",
                  "IPVS changes that undid someone else's change to our rules.", "vs",
                  self.repairs),
+                ("lvscare_clients_nudged_total",
+                 "Client connections of deleted real servers told to reconnect at once.", "vs",
+                 self.nudges),
                 ("lvscare_reconcile_errors_total", "Failed reconciles, by kind.", "kind",
                  self.reconcile_errors)):
             family(name, "counter", help_text)

@@ -6,7 +6,7 @@ compare their DaemonSet arguments against :func:`care_args`. The layout follows 
 moved from the Go tool keeps exactly one lvscare pod.
 
 Privileges: the long-running container has only CAP_NET_ADMIN (IPVS and routes over netlink) and
-CAP_NET_RAW (iptables in link mode). Container runtimes
+CAP_NET_RAW (iptables in link mode; the raw packets of ``lvscare.nudge``). Container runtimes
 mount ``/proc/sys`` read-only unless the container is privileged, so a privileged init container
 runs the same arguments with ``--run-once``: it writes the sysctls after a reboot and puts the
 rules back before the daemon starts, then exits. The daemon only verifies those sysctls.

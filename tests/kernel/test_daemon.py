@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import signal
+import sys
 import time
 from collections.abc import Iterator
 
@@ -211,3 +212,57 @@ def test_sighup_applies_config_changes(lab: Lab) -> None:
     finally:
         care.stop()
 
+
+IDLE_CLIENT = r"""
+import http.client, json, socket, ssl, sys
+ctx = ssl.create_default_context()
+ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
+http = http.client.HTTPSConnection(sys.argv[1], 6443, timeout=5, context=ctx)
+http.request("GET", "/healthz")
+print(json.dumps({"backend": http.getresponse().read().decode().strip()}), flush=True)
+conn = http.sock
+conn.settimeout(30)
+try:
+    # The TCP socket under TLS: a reset is ECONNRESET here, a close is b"".
+    outcome = "eof" if socket.socket.recv(conn, 1) == b"" else "data"
+except ConnectionResetError:
+    outcome = "reset"
+except TimeoutError:
+    outcome = "timeout"
+except (ssl.SSLError, OSError) as exc:
+    outcome = type(exc).__name__
+print(json.dumps({"outcome": outcome}), flush=True)
+"""
+
+
+@pytest.mark.parametrize("conntrack", [False, True], ids=["plain", "conntrack"])
+def test_an_idle_client_of_a_deleted_real_server_is_reset_at_once(lab: Lab, conntrack: bool) -> None:
+    """A kept-alive connection that sends nothing would never learn its real server is gone
+    (nothing of it reaches IPVS, so nothing resets it); lvscare nudges it instead (route mode).
+    Also where netfilter tracks connections, as on a node with a conntrack-using iptables rule."""
+    import json
+    import subprocess
+
+    if conntrack:
+        lab.run("iptables-legacy", "-w", "5", "-A", "OUTPUT", "-m", "conntrack", "--ctstate", "INVALID",
+                "-m", "comment", "--comment", "test: track connections", "-j", "RETURN")
+    care = Care(lab).start()
+    client = subprocess.Popen(lab.node_cmd(sys.executable, "-c", IDLE_CLIENT, VIP),
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert client.stdout is not None
+        backend = json.loads(client.stdout.readline())["backend"]
+        (b,) = [x for x in lab.backends if x.name == backend]
+        lab.blackhole(b)
+        wait(lambda: b.address not in real_servers(lab), 10, care)
+        # The client is still idle: only the nudge can end its connection, well before its 30 s.
+        assert json.loads(client.stdout.readline()) == {"outcome": "reset"}
+        # The client can be reset before the daemon has written its log line.
+        wait(lambda: care.events("clients nudged"), 5, care)
+        nudged = care.events("clients nudged")
+        assert nudged[-1]["rs"] == b.address and nudged[-1]["clients"] == 1
+        assert_traffic_avoids(lab, b.name)
+    finally:
+        client.kill()
+        client.wait()
+        care.stop()

@@ -1,0 +1,64 @@
+"""Reading the IPVS connection table and building the nudge packets (their effect on real
+clients is tested in tests/kernel/test_daemon.py)."""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+import struct
+
+from lvscare.config import Endpoint
+from lvscare.nudge import clients_of, packets, parse_conn_table, tcp_packet
+
+TABLE = """Pro FromIP   FPrt ToIP     TPrt DestIP   DPrt State       Expires PEName PEData
+TCP 0AC80101 D2F0 0A676102 192B 0AC80302 192B ESTABLISHED     899
+TCP 0AC80101 D2F2 0A676102 192B 0AC80302 192B TIME_WAIT        60
+TCP 0AC80101 D2F4 0A676102 192B 0AC80202 192B ESTABLISHED     899
+UDP 0AC80101 0035 0A676102 0035 0AC80302 0035 UDP             300
+TCP fd00:0200:0001:0000:0000:0000:0000:0001 A000 fd00:0000:0000:0000:0000:0000:0097:0002 192B \
+fd00:0200:0003:0000:0000:0000:0000:0002 192B ESTABLISHED     899
+"""
+
+
+def ep(text: str) -> Endpoint:
+    host, _, port = text.rpartition(":")
+    return Endpoint(ipaddress.ip_address(host.strip("[]")), int(port))
+
+
+def test_connection_table_is_read_for_ipv4_and_ipv6() -> None:
+    conns = parse_conn_table(TABLE.replace("\\\n", ""))
+    assert len(conns) == 4  # UDP left out
+    assert conns[0].client == ep("10.200.1.1:54000") and conns[0].vip == ep("10.103.97.2:6443")
+    assert conns[0].dest == ep("10.200.3.2:6443") and conns[0].state == "ESTABLISHED"
+    assert conns[3].client == ep("[fd00:200:1::1]:40960") and conns[3].dest == ep("[fd00:200:3::2]:6443")
+
+
+def test_only_live_connections_of_that_real_server_are_nudged() -> None:
+    conns = parse_conn_table(TABLE.replace("\\\n", ""))
+    assert clients_of(conns, ep("10.103.97.2:6443"), ep("10.200.3.2:6443")) == [ep("10.200.1.1:54000")]
+    assert clients_of(conns, ep("10.103.97.2:6443"), ep("10.200.9.9:6443")) == []
+
+
+def _sum16(data: bytes) -> int:
+    total = sum(struct.unpack(f"!{len(data) // 2}H", data + b"\0" * (len(data) % 2)))
+    while total >> 16:
+        total = (total & 0xFFFF) + (total >> 16)
+    return total
+
+
+def test_packets_carry_valid_headers_and_checksums() -> None:
+    vip, client = ep("10.103.97.2:6443"), ep("10.200.1.1:54000")
+    (to_vip, a1), (to_client, a2) = packets(vip, client)
+    assert (a1, a2) == (vip.ip, client.ip)
+    for pkt, src, dst in ((to_vip, client, vip), (to_client, vip, client)):
+        assert _sum16(pkt[:20]) == 0xFFFF  # IPv4 header checksum
+        assert pkt[9] == socket.IPPROTO_TCP and pkt[12:16] == src.ip.packed and pkt[16:20] == dst.ip.packed
+        tcp = pkt[20:]
+        sport, dport, _, _, off, flags = struct.unpack("!HHIIBB", tcp[:14])
+        assert (sport, dport, off >> 4, flags) == (src.port, dst.port, 5, 0x10)
+        pseudo = src.ip.packed + dst.ip.packed + struct.pack("!BBH", 0, 6, len(tcp))
+        assert _sum16(pseudo + tcp) == 0xFFFF
+    v6 = tcp_packet(ep("[fd00::97:2]:6443"), ep("[fd00:200:1::1]:40960"), 1, 0)
+    assert v6[0] >> 4 == 6 and v6[6] == socket.IPPROTO_TCP and struct.unpack("!H", v6[4:6])[0] == 20
+    pseudo = v6[8:40] + struct.pack("!I3xB", 20, 6)
+    assert _sum16(pseudo + v6[40:]) == 0xFFFF
