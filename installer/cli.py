@@ -7,7 +7,6 @@ Exit codes: 0 every node done, 1 some node failed (the table names the step and 
 from __future__ import annotations
 
 import argparse
-import ipaddress
 import os
 import sys
 import threading
@@ -81,10 +80,13 @@ def _int(value: str, flag: str, low: int, high: int) -> int:
 
 
 def _ip(value: str, flag: str) -> str:
+    from lvscare.config import parse_ip
+    from lvscare.errors import UserError
+
     try:
-        return str(ipaddress.ip_address(value.strip("[]")))
-    except ValueError:
-        raise UsageError(f"{flag}: {value!r} is not an IP address") from None
+        return str(parse_ip(value, flag))
+    except UserError as exc:
+        raise UsageError(str(exc)) from None
 
 
 def _nodes(values: Sequence[str]) -> tuple[str, ...]:

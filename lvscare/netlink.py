@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import errno as errno_mod
+import os
 import socket
 import struct
 
@@ -142,14 +143,8 @@ class Socket:
         """One request; its replies, or NetlinkError with the kernel's errno."""
         ((replies, code),) = await self.exchange([(msg_type, flags, payload)])
         if code:
-            raise NetlinkError(code, _strerror(code))
+            raise NetlinkError(code, os.strerror(code))
         return replies
-
-
-def _strerror(code: int) -> str:
-    import os
-
-    return os.strerror(code)
 
 
 async def genl_family(sock: Socket, name: str) -> int:

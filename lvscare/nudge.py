@@ -36,9 +36,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from lvscare.config import Endpoint
+from lvscare.config import Endpoint, IPAddress
 
-IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 CONN_TABLE = Path("/proc/net/ip_vs_conn")
 # IPVS expires a connection from a timer, not at once: until that runs (next jiffy), the client's
 # answer to the second packet still finds it, and where netfilter tracks the flow (link mode's

@@ -12,6 +12,7 @@ import socket
 import struct
 from dataclasses import dataclass
 
+from lvscare.config import IPAddress
 from lvscare.netlink import (
     NETLINK_ROUTE,
     NLA_F_NESTED,
@@ -38,28 +39,27 @@ IFF_UP = 0x1
 _RTMSG = struct.Struct("=BBBBBBBBI")  # family dst_len src_len tos table protocol scope type flags
 _IFINFO = struct.Struct("=BxHiII")  # family type index flags change
 _IFADDR = struct.Struct("=BBBBI")  # family prefixlen flags scope index
-IP = ipaddress.IPv4Address | ipaddress.IPv6Address
 _ACK = NLM_F_REQUEST | NLM_F_ACK
 
 
-def family(ip: IP) -> int:
+def family(ip: IPAddress) -> int:
     return socket.AF_INET if ip.version == 4 else socket.AF_INET6
 
 
-def _ip(raw: bytes) -> IP:
+def _ip(raw: bytes) -> IPAddress:
     return ipaddress.ip_address(bytes(raw))
 
 
 @dataclass(frozen=True)
 class Route:
     family: int
-    dst: IP | None
+    dst: IPAddress | None
     dst_len: int
     table: int
     protocol: int
     scope: int
     type: int
-    prefsrc: IP | None
+    prefsrc: IPAddress | None
     oif: int | None
     priority: int | None
 
@@ -91,7 +91,7 @@ def encode_route(r: Route) -> bytes:
     return body
 
 
-async def route_get(sock: Socket, dst: IP) -> Route | None:
+async def route_get(sock: Socket, dst: IPAddress) -> Route | None:
     """What ``ip route get DST`` answers: the route the node would use, with its source."""
     body = _RTMSG.pack(family(dst), dst.max_prefixlen, 0, 0, 0, 0, 0, 0, 0) + nla(RTA_DST, dst.packed)
     replies = await sock.request(RTM_GETROUTE, _ACK, body)
@@ -154,7 +154,7 @@ async def link_delete(sock: Socket, index: int) -> None:
 @dataclass(frozen=True)
 class Address:
     index: int
-    address: IP
+    address: IPAddress
     prefixlen: int
 
 
@@ -169,16 +169,16 @@ async def addr_dump(sock: Socket, index: int) -> list[Address]:
     return out
 
 
-def _addr_body(index: int, ip: IP, flags: int) -> bytes:
+def _addr_body(index: int, ip: IPAddress, flags: int) -> bytes:
     return (_IFADDR.pack(family(ip), ip.max_prefixlen, flags, 0, index)
             + nla(IFA_LOCAL, ip.packed) + nla(IFA_ADDRESS, ip.packed))
 
 
-async def addr_add(sock: Socket, index: int, ip: IP, flags: int = 0) -> None:
+async def addr_add(sock: Socket, index: int, ip: IPAddress, flags: int = 0) -> None:
     await sock.request(RTM_NEWADDR, _ACK | NLM_F_CREATE | NLM_F_EXCL, _addr_body(index, ip, flags))
 
 
-async def addr_delete(sock: Socket, index: int, ip: IP) -> None:
+async def addr_delete(sock: Socket, index: int, ip: IPAddress) -> None:
     await sock.request(RTM_DELADDR, _ACK, _addr_body(index, ip, 0))
 
 

@@ -20,7 +20,6 @@ import asyncio
 import errno
 import os
 import shutil
-import socket
 import subprocess
 from pathlib import Path
 
@@ -85,10 +84,6 @@ def _prefixlen(ip: IPAddress) -> int:
     return 32 if ip.version == 4 else 128
 
 
-def _family(ip: IPAddress) -> int:
-    return socket.AF_INET if ip.version == 4 else socket.AF_INET6
-
-
 # -- route mode ------------------------------------------------------------------------------
 # The VIP becomes a local destination through a route of type "local" in the local table whose
 # preferred source is the node's own address: ``local VIP dev lo src NODE_IP proto 76``.
@@ -124,7 +119,7 @@ async def _node_source(nl: Socket, vs: VirtualServer, node_ip: IPAddress | None)
 
 async def _our_routes(nl: Socket, vip: IPAddress) -> list[rtnl.Route]:
     # Table main (254) too: routes of earlier versions, to clean them up.
-    return [r for r in await rtnl.route_dump(nl, _family(vip))
+    return [r for r in await rtnl.route_dump(nl, rtnl.family(vip))
             if r.dst == vip and r.dst_len == _prefixlen(vip) and r.protocol == RTPROT_LVSCARE
             and r.table in (RT_TABLE_LOCAL, 254)]
 
@@ -144,7 +139,7 @@ async def ensure_route(nl: Socket, vs: VirtualServer, node_ip: IPAddress | None)
         lo = await rtnl.link_get(nl, "lo")
         assert lo is not None
         await rtnl.route_replace(nl, rtnl.Route(
-            _family(vip), vip, _prefixlen(vip), RT_TABLE_LOCAL, RTPROT_LVSCARE, RT_SCOPE_HOST,
+            rtnl.family(vip), vip, _prefixlen(vip), RT_TABLE_LOCAL, RTPROT_LVSCARE, RT_SCOPE_HOST,
             RTN_LOCAL, source, lo.index, None))
     except NetlinkError as exc:
         raise KernelError(f"cannot add route for VIP {vip} (source {source}): "
