@@ -25,6 +25,7 @@ import structlog
 
 from lvscare.care import reconcile, reconcile_observed
 from lvscare.config import Config, Endpoint, VirtualServer
+from lvscare.conntrack import Conntrack
 from lvscare.errors import KernelError, UserError
 from lvscare.health import Decision, Health, ProbeResult, State, decide, initial, step
 from lvscare.ipvs import IPVS, describe_op
@@ -81,7 +82,9 @@ class Daemon:
         self._sysctls: dict[str, str | None] = {}
         self._sysctls_read = 0.0
         self.nudger = Nudger()
+        self.conntrack = Conntrack()
         self._nudge_failed = False
+        self._forget_failed = False
 
     def kernel_state(self, vs: VirtualServer) -> dict[Endpoint, Dest]:
         """Our best knowledge of the kernel for ``vs``: weights as last written, connection
@@ -152,6 +155,7 @@ class Daemon:
             await asyncio.gather(*self._probes.values(), return_exceptions=True)
             await self.prober.close()
             self.nudger.close()
+            self.conntrack.close()
             self.access.close()
             self.ipvs.close()
 
@@ -349,8 +353,7 @@ class Daemon:
         for op in ops:
             if self._planned(op):
                 log.info("ipvs", change=describe_op(op))
-        await self._nudge([op for op in ops if isinstance(op, DelDest)
-                           and self._mode(op.key.endpoint) == "route"])
+        await self._nudge([op for op in ops if isinstance(op, DelDest)])
         self._applied_once = True
         self._expected = want
         if time.monotonic() - self._last_access >= ACCESS_EVERY:
@@ -374,6 +377,8 @@ class Daemon:
             for op, clients in work:
                 self.nudger.expire(op.key.endpoint, clients)
             await asyncio.sleep(EXPIRE_WAIT)
+            await self._forget_tracked([(c, op.key.endpoint) for op, clients in work
+                                        if self._mode(op.key.endpoint) == "link" for c in clients])
             for op, clients in work:
                 self.nudger.poke(op.key.endpoint, clients)
         except OSError as exc:
@@ -385,6 +390,18 @@ class Daemon:
         for op, clients in work:
             self.metrics.nudged(str(op.key.endpoint), len(clients))
             log.info("clients nudged", vs=str(op.key.endpoint), rs=str(op.endpoint), clients=len(clients))
+
+    async def _forget_tracked(self, flows: list[tuple[Endpoint, Endpoint]]) -> None:
+        """Link mode source-NATs IPVS's connections in conntrack: until a dead connection's
+        entry is gone, the client's answer to the nudge is rewritten like the old connection and
+        the node's reset goes to the NAT address instead of the client (nudge.py)."""
+        try:
+            await self.conntrack.forget(flows)
+        except OSError as exc:
+            if not self._forget_failed:
+                log.warning("cannot delete conntrack entries of a removed real server; its "
+                            "clients reconnect at their next retransmission", error=str(exc))
+            self._forget_failed = True
 
     def _planned(self, op: Op) -> bool:
         """True if ``op`` follows from a change of desired state since the last reconcile."""

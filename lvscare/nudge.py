@@ -19,16 +19,20 @@ So, for every IPVS connection of the removed real server, lvscare sends two pack
    expects. The client's connection fails with ECONNRESET and it reconnects, to a healthy real
    server.
 
-Route mode only: in link mode the client's answer is source-NATed like the old connection
-(MASQUERADE state in conntrack) and the node's reset goes to the NAT address, not the client;
-tested, it does not reset the client there, so link mode keeps IPVS's own behaviour.
+In link mode the connection is also source-NATed in conntrack (``net.ipv4.vs.conntrack=1`` and
+the MASQUERADE rule): until its entry is gone, the answer of a client on the node itself
+(kubelet) is rewritten like the old connection and the node's reset goes to the NAT address,
+never to the client. So in link mode the daemon deletes the entry (``conntrack.py``) between the
+two packets.
 
-Needs CAP_NET_RAW. Nothing is sent to any address but the connection's own client, from the VIP
-(an address of this node) or the client's own address towards the VIP.
+Needs CAP_NET_RAW (and CAP_NET_ADMIN for conntrack). Nothing is sent to any address but the
+connection's own client, from the VIP (an address of this node) or the client's own address
+towards the VIP.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import socket
 import struct
@@ -147,12 +151,12 @@ class Nudger:
             self._send(*packets(vip, client)[1])
 
     def _send(self, data: bytes, to: IPAddress) -> None:
-        try:
-            self._sock(to.version).sendto(data, (str(to), 0))
-        except PermissionError:
-            raise
-        except OSError:
-            pass  # a full buffer or an unroutable client loses one nudge, nothing more
+        sock = self._sock(to.version)  # PermissionError here: no CAP_NET_RAW
+        # EPERM from sendto is netfilter dropping the packet, not a missing capability: IPVS drops
+        # the first packet when it has a connection tracked (link mode), having expired it, which
+        # is all that packet is for. A full buffer or an unroutable client loses one nudge.
+        with contextlib.suppress(OSError):
+            sock.sendto(data, (str(to), 0))
 
     def close(self) -> None:
         for s in self._socks.values():

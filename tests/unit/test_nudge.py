@@ -7,8 +7,10 @@ import ipaddress
 import socket
 import struct
 
+import pytest
+
 from lvscare.config import Endpoint
-from lvscare.nudge import clients_of, packets, parse_conn_table, tcp_packet
+from lvscare.nudge import Nudger, clients_of, packets, parse_conn_table, tcp_packet
 
 TABLE = """Pro FromIP   FPrt ToIP     TPrt DestIP   DPrt State       Expires PEName PEData
 TCP 0AC80101 D2F0 0A676102 192B 0AC80302 192B ESTABLISHED     899
@@ -62,3 +64,38 @@ def test_packets_carry_valid_headers_and_checksums() -> None:
     assert v6[0] >> 4 == 6 and v6[6] == socket.IPPROTO_TCP and struct.unpack("!H", v6[4:6])[0] == 20
     pseudo = v6[8:40] + struct.pack("!I3xB", 20, 6)
     assert _sum16(pseudo + v6[40:]) == 0xFFFF
+
+
+class _DroppingSocket:
+    """A raw socket whose packets netfilter drops: sendto fails with EPERM, as the kernel's
+    does when IPVS drops the packet that expires a tracked connection."""
+
+    sent = 0
+
+    def setblocking(self, flag: bool) -> None:
+        pass
+
+    def sendto(self, data: bytes, addr: tuple[str, int]) -> int:
+        _DroppingSocket.sent += 1
+        raise PermissionError(1, "Operation not permitted")
+
+    def close(self) -> None:
+        pass
+
+
+def test_a_dropped_packet_is_not_taken_for_a_missing_capability(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    vip, clients = ep("10.103.97.2:6443"), [ep("10.200.99.2:40000"), ep("10.200.99.2:40002")]
+    nudger = Nudger()
+    monkeypatch.setattr(socket, "socket", lambda *a: _DroppingSocket())
+    nudger.expire(vip, clients)
+    nudger.poke(vip, clients)
+    assert _DroppingSocket.sent == 4  # every packet tried, none raised
+
+
+def test_a_missing_capability_is_reported(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    def refuse(*args: object) -> None:
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(socket, "socket", refuse)
+    with pytest.raises(PermissionError):
+        Nudger().expire(ep("10.103.97.2:6443"), [ep("10.200.99.2:40000")])
