@@ -9,11 +9,13 @@ the old connection, so that the node's reset never reached the client. Layouts f
 from __future__ import annotations
 
 import errno
+import os
 import socket
 import struct
 
 from lvscare.config import Endpoint
-from lvscare.netlink import NLA_F_NESTED, NLM_F_ACK, NLM_F_REQUEST, Socket, nla
+from lvscare.netlink import NLA_F_NESTED, NLM_F_ACK, NLM_F_REQUEST, NetlinkError, Socket, nla
+from lvscare.rtnl import family
 
 NETLINK_NETFILTER = 12
 NFNL_SUBSYS_CTNETLINK = 1
@@ -34,8 +36,7 @@ def delete_request(src: Endpoint, dst: Endpoint) -> bytes:
              + nla(CTA_PROTO_SRC_PORT, struct.pack("!H", src.port))
              + nla(CTA_PROTO_DST_PORT, struct.pack("!H", dst.port)))
     tuple_ = nla(CTA_TUPLE_IP | NLA_F_NESTED, ips) + nla(CTA_TUPLE_PROTO | NLA_F_NESTED, proto)
-    family = socket.AF_INET if v4 else socket.AF_INET6
-    return struct.pack("!BBH", family, NFNETLINK_V0, 0) + nla(CTA_TUPLE_ORIG | NLA_F_NESTED, tuple_)
+    return struct.pack("!BBH", family(src.ip), NFNETLINK_V0, 0) + nla(CTA_TUPLE_ORIG | NLA_F_NESTED, tuple_)
 
 
 class Conntrack:
@@ -44,20 +45,19 @@ class Conntrack:
     def __init__(self) -> None:
         self._sock: Socket | None = None
 
-    async def forget(self, flows: list[tuple[Endpoint, Endpoint]]) -> int:
-        """Delete the entries of these (client, VIP) flows; how many there were. Raises
-        ``NetlinkError`` (an ``OSError``) when the socket cannot be opened or used."""
+    async def forget(self, flows: list[tuple[Endpoint, Endpoint]]) -> None:
+        """Delete the entries of these (client, VIP) flows; one already gone is no error.
+        Raises ``NetlinkError`` (an ``OSError``) when the socket cannot be opened or used."""
         if not flows:
-            return 0
+            return
         if self._sock is None:
             self._sock = Socket(NETLINK_NETFILTER, buffer=1 << 18)
         kind = (NFNL_SUBSYS_CTNETLINK << 8) | IPCTNL_MSG_CT_DELETE
         answers = await self._sock.exchange([(kind, NLM_F_REQUEST | NLM_F_ACK, delete_request(c, v))
                                              for c, v in flows])
-        failed = [code for _, code in answers if code not in (0, errno.ENOENT)]
-        if failed:
-            raise OSError(failed[0], f"conntrack delete: {errno.errorcode.get(failed[0], failed[0])}")
-        return sum(1 for _, code in answers if code == 0)
+        for _, code in answers:
+            if code not in (0, errno.ENOENT):
+                raise NetlinkError(code, f"conntrack delete: {os.strerror(code)}")
 
     def close(self) -> None:
         if self._sock is not None:
