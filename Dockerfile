@@ -2,7 +2,8 @@
 # Build: docker build -t lvscare:dev .
 # What the daemon needs at run time, and why (docs/operating.md#privileges):
 #   CAP_NET_ADMIN  IPVS rules, the VIP route or dummy interface (netlink)
-#   CAP_NET_RAW    iptables, link mode only
+#   CAP_NET_RAW    the raw packets that reset a deleted real server's clients (every mode);
+#                  iptables (link mode)
 #   sysctl writes  /proc/sys is read-only in an unprivileged container: the static pod and the
 #                  Helm chart write them from a privileged init container (lvscare care --run-once)
 #   ip_vs module   loaded by the kernel itself on the first IPVS netlink request (no CAP_SYS_MODULE)

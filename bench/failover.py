@@ -37,10 +37,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from lvscare import testkernel
+from lvscare_rig import testkernel, topology
+
 from lvscare.config import parse_endpoint
 from lvscare.ipvs import IPVS
-from lvscare.lab import topology
 from lvscare.plan import ServiceKey
 
 VIP = "10.103.97.2"

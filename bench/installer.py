@@ -1,7 +1,7 @@
 """installer join: 20 simulated nodes with --parallel 10 against one node alone.
 
 Every node is an OpenSSH server in its own network namespace inside the test kernel (the same
-lvscare.lab.sshnodes the integration tests use), so each join really uploads lvscare, runs
+lvscare_rig.sshnodes the integration tests use), so each join really uploads lvscare, runs
 ``--run-once`` against a real IPVS table, writes the hosts block and the manifest and calls the
 kubeadm test double. Single-node and fleet runs use fresh nodes of the same boot; the figure is the
 installer's wall time with the lvscare zipapp already built (it is cached). Goal: fleet < 3x single.
@@ -21,12 +21,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from lvscare import testkernel
+from lvscare_rig import testkernel
 
 
 def join(lab: object, master: str, nodes: list[str], parallel: int) -> tuple[float, float]:
     """Wall seconds of one `installer join`, and the CPU seconds of the installer process."""
-    from lvscare.lab.sshnodes import SshLab
+    from lvscare_rig.sshnodes import SshLab
 
     assert isinstance(lab, SshLab)
     args = ["join", "--master", master, "--parallel", str(parallel), *lab.flags()]
@@ -44,8 +44,9 @@ def join(lab: object, master: str, nodes: list[str], parallel: int) -> tuple[flo
 
 
 def run(nodes: int, parallel: int, repeat: int) -> None:
+    from lvscare_rig import sshnodes
+
     from installer import bundle
-    from lvscare.lab import sshnodes
 
     # The zipapp is built once and cached (as for an operator's second run); neither figure pays it.
     t = time.monotonic()

@@ -19,7 +19,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from lvscare import log, testkernel
+from lvscare_rig import testkernel
+
+from lvscare import log
 from lvscare.care import reconcile
 from lvscare.config import Endpoint, RealServer, VirtualServer
 from lvscare.ipvs import IPVS

@@ -60,7 +60,7 @@ def _add(zf: zipfile.ZipFile, name: str, data: bytes) -> None:
 
 def _bytecode(source: bytes, name: str) -> bytes:
     """A legacy ``.pyc`` beside each module, which zipimport prefers: without it, every run of
-    ``--run-once`` compiles pyroute2 and friends again (seconds on a small node). Unchecked-hash,
+    ``--run-once`` compiles aiohttp and friends again (seconds on a small node). Unchecked-hash,
     so the zip's fixed timestamps do not matter; another Python version ignores it (magic number)
     and compiles the source as before."""
     code = compile(source, name, "exec", dont_inherit=True)

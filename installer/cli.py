@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
 from installer.plan import Paths, Plan, describe, table
+from lvscare.config import DEFAULT_VIP
 
 if TYPE_CHECKING:
     from installer.remote import Auth
@@ -42,7 +43,7 @@ def _common(p: argparse.ArgumentParser) -> None:
                    help="known_hosts file to verify node keys against (default ~/.ssh/known_hosts)")
     p.add_argument("--accept-new-host-keys", action="store_true",
                    help="record keys of nodes not yet in known_hosts (a changed key is still refused)")
-    p.add_argument("--vip", default="10.103.97.2", help="virtual IP (default 10.103.97.2)")
+    p.add_argument("--vip", default=DEFAULT_VIP, help="virtual IP (default %(default)s)")
     p.add_argument("--port", default="6443", help="apiserver port, also the VIP's port (default 6443)")
     p.add_argument("--parallel", default="10", help="nodes at a time (default 10)")
     p.add_argument("--name", default=None, help="static pod name (default kube-sealos-lvscare)")

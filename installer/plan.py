@@ -14,9 +14,8 @@ from pathlib import PurePosixPath
 import yaml
 
 from installer import hosts
+from lvscare.config import DEFAULT_PORT, DEFAULT_VIP
 
-JOIN_STEPS = ("preflight", "package", "lvscare", "rules", "hosts", "manifest", "join")
-CLEAN_STEPS = ("reset", "manifest", "rules", "hosts", "lvscare")
 _TOKEN = re.compile(r"^[a-z0-9]{6}\.[a-z0-9]{16}$")
 _HASH = re.compile(r"^sha256:[0-9a-f]{64}$")
 
@@ -41,8 +40,8 @@ class Plan:
     masters: tuple[str, ...]
     nodes: tuple[str, ...]
     user: str
-    vip: str = "10.103.97.2"
-    port: int = 6443
+    vip: str = DEFAULT_VIP
+    port: int = DEFAULT_PORT
     image: str = ""
     pkg: str | None = None
     parallel: int = 10
@@ -62,10 +61,11 @@ class Plan:
         return f"{hosts.NAME}:{self.port}"
 
     def care_args(self) -> list[str]:
-        args = ["care", "--vs", self.vs]
-        for rs in self.real_servers:
-            args += ["--rs", rs]
-        return args
+        """The daemon's arguments. The static pod runs exactly these and the rules step runs them
+        with ``--run-once``: one source, so the rules before join and the pod after agree."""
+        from lvscare.staticpod import care_args
+
+        return care_args(self.vs, self.real_servers, self.options)
 
 
 def describe(plan: Plan, node: str) -> list[str]:

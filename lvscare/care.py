@@ -10,9 +10,10 @@ from collections.abc import Iterable
 import structlog
 
 from lvscare.config import Config
+from lvscare.effects import IpvsTable, VipAccess
 from lvscare.errors import KernelError
-from lvscare.ipvs import IPVS, describe_op
-from lvscare.plan import Op, ServiceKey, Table, desired_table, diff, op_key, service_key
+from lvscare.ipvs import IPVS
+from lvscare.plan import Op, ServiceKey, Table, describe_op, desired_table, diff, op_key, service_key
 from lvscare.vip import Access, ensure_sysctls
 
 log = structlog.get_logger("lvscare")
@@ -20,13 +21,13 @@ log = structlog.get_logger("lvscare")
 ATTEMPTS = 3
 
 
-async def reconcile(ipvs: IPVS, desired: Table, owned: Iterable[ServiceKey]) -> list[Op]:
+async def reconcile(ipvs: IpvsTable, desired: Table, owned: Iterable[ServiceKey]) -> list[Op]:
     """Bring the owned services to ``desired``; return the operations that were applied."""
     ops, _ = await reconcile_observed(ipvs, desired, owned)
     return ops
 
 
-async def reconcile_observed(ipvs: IPVS, desired: Table,
+async def reconcile_observed(ipvs: IpvsTable, desired: Table,
                              owned: Iterable[ServiceKey]) -> tuple[list[Op], Table]:
     """``reconcile``, also returning the kernel's table as last read (for statistics).
 
@@ -72,13 +73,16 @@ async def run_once(cfg: Config) -> list[Op]:
 
 async def clean(cfg: Config) -> list[Op]:
     """Delete our virtual servers and what their mode created; nothing else."""
-    async with IPVS() as ipvs:
-        keys = [service_key(vs) for vs in cfg.virtual_servers]
-        ops = await reconcile(ipvs, {}, keys)
-        async with Access(cfg.iface, cfg.ip) as access:
-            for vs in cfg.virtual_servers:
-                removed = await access.remove(vs)
-                log.info("virtual server removed", vs=str(vs.endpoint),
-                         ipvs=any(op_key(op) == service_key(vs) for op in ops), access=removed)
-    return ops
+    async with IPVS() as ipvs, Access(cfg.iface, cfg.ip) as access:
+        return await remove_all(cfg, ipvs, access)
 
+
+async def remove_all(cfg: Config, ipvs: IpvsTable, access: VipAccess) -> list[Op]:
+    """``-C``'s work, also done by a daemon stopping with ``--clean-on-exit``."""
+    keys = [service_key(vs) for vs in cfg.virtual_servers]
+    ops = await reconcile(ipvs, {}, keys)
+    for vs in cfg.virtual_servers:
+        removed = await access.remove(vs)
+        log.info("virtual server removed", vs=str(vs.endpoint),
+                 ipvs=any(op_key(op) == service_key(vs) for op in ops), access=removed)
+    return ops

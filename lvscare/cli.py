@@ -10,98 +10,30 @@ import os
 import platform
 import sys
 from collections.abc import Callable, Sequence
-from typing import Any, NoReturn
 
 import structlog
 
 from lvscare import __version__, log
-from lvscare.config import SETTINGS, Config, build_config
-from lvscare.errors import KernelError, UserError
-
-HELP = {
-    "interval": "time between health checks and reconciles: 5, 5s, 500ms (default 1s)",
-    "iface": "dummy interface that holds the VIP in link mode (default lvscare)",
-    "ip": "node address used as the VIP route's source in route mode "
-          "(default: source of the node's route to the first real server)",
-    "clean-on-exit": "remove the rules when the daemon stops (default false: keep serving)",
-    "all-down": "when every real server fails: keep the last healthy ones (default) or empty",
-    "drain-period": "weight 0 for this long before deleting a real server that answers badly",
-    "metrics-address": "address:port for /metrics, /healthz and /status; 'off' disables",
-    "scheduler": "IPVS scheduler: rr (default), wrr, lc, wlc, sh, dh, ...",
-    "mode": "how node-local clients reach the VIP: route (default), link, none",
-    "health-type": "http (default) or tcp (connect only)",
-    "health-path": "probe path (default /healthz)",
-    "health-schem": "probe scheme: https (default) or http",
-    "health-req-method": "probe method (default GET)",
-    "health-req-headers": "probe headers, k=v[,k=v]",
-    "health-req-body": "probe body",
-    "health-status": "extra HTTP status codes (>= 400) that count as healthy, e.g. 401",
-    "health-insecure-skip-verify": "do not verify the apiserver certificate (default true)",
-    "health-timeout": "hard timeout of one probe (default 800ms)",
-    "health-ca": "CA bundle to verify apiserver certificates",
-    "health-cert": "client certificate for probes",
-    "health-key": "client key for probes",
-    "rise": "successes before a real server is put back (default 2)",
-    "fall": "failures before a real server is taken out (default 2)",
-}
-BOOL_FLAGS = {"clean-on-exit", "health-insecure-skip-verify"}
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:
-        # One line, exit 2, like every other input error.
-        self.exit(2, f"{self.prog}: error: {message}\n")
-
-
-class _RaisingParser(_Parser):
-    def error(self, message: str) -> NoReturn:
-        raise UserError(message)
-
-
-def _add_care_flags(p: argparse.ArgumentParser) -> None:
-    s = argparse.SUPPRESS
-    p.add_argument("--vs", default=s, help="virtual server address:port, e.g. 10.103.97.2:6443")
-    p.add_argument("--rs", action="append", default=s,
-                   help="real server address:port; repeat or comma-separate")
-    p.add_argument("--config", default=s, help="YAML file of virtual servers (docs/config.md)")
-    p.add_argument("--run-once", dest="run-once", nargs="?", const="true", default=s,
-                   help="create the rules and exit, no health checks")
-    p.add_argument("-C", "--clean", nargs="?", const="true", default=s,
-                   help="remove the virtual server and what its mode created, then exit")
-    p.add_argument("--logger", default=s, help="INFO (default) or DEBG, as Go lvscare")
-    p.add_argument("--log-level", dest="log-level", default=s, help="debug, info (default), warning, error")
-    p.add_argument("--log-format", dest="log-format", default=s, help="auto (default), json or console")
-    for setting in SETTINGS:
-        kwargs: dict[str, Any] = {"default": s, "help": HELP.get(setting.flag)}
-        if setting.flag in BOOL_FLAGS:
-            kwargs.update(nargs="?", const="true")
-        names = ["--" + setting.flag]
-        if setting.flag == "iface":
-            names.insert(0, "-i")
-        if setting.flag == "health-schem":
-            names.append("--health-scheme")
-        if setting.flag == "health-status":
-            kwargs["action"] = "append"
-        p.add_argument(*names, dest=setting.flag, **kwargs)
-    # Accepted so that Go lvscare command lines keep working; link mode here marks nothing.
-    p.add_argument("--masqueradebit", default=s, help=argparse.SUPPRESS)
+from lvscare.careflags import Parser, RaisingParser, add_care_flags, care_values, load_config
+from lvscare.config import DEFAULT_METRICS_ADDRESS, DEFAULT_VS
+from lvscare.errors import KernelError, RuntimeFailure, UserError
 
 
 def make_parser(raise_errors: bool = False) -> argparse.ArgumentParser:
     """``raise_errors``: a usage error raises UserError instead of printing and exiting."""
-    cls = _RaisingParser if raise_errors else _Parser
+    cls = RaisingParser if raise_errors else Parser
     parser = cls(prog="lvscare", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True, parser_class=cls)
     care = sub.add_parser("care", help="program and health-check an IPVS virtual server")
-    _add_care_flags(care)
+    add_care_flags(care)
     demo = sub.add_parser("demo", help="show a failover end to end (boots a test kernel if needed)")
     demo.add_argument("--mode", choices=("route", "link"), default="route")
     st = sub.add_parser("status", help="show what a running daemon sees")
-    st.add_argument("--address", default=os.environ.get("CARE_METRICS_ADDRESS", "127.0.0.1:10262"),
-                    help="the daemon's --metrics-address (default 127.0.0.1:10262)")
+    st.add_argument("--address", default=os.environ.get("CARE_METRICS_ADDRESS", DEFAULT_METRICS_ADDRESS),
+                    help="the daemon's --metrics-address (default %(default)s)")
     st.add_argument("--output", "-o", choices=("table", "json"), default="table")
     sp = sub.add_parser("static-pod", help="write the static pod manifest that runs lvscare care")
-    sp.add_argument("--vip", default="10.103.97.2:6443", help="virtual server address:port (--vs)")
+    sp.add_argument("--vip", default=DEFAULT_VS, help="virtual server address:port (--vs)")
     sp.add_argument("--masters", action="append", default=[],
                     help="apiserver address[:port]; repeat or comma-separate (become --rs)")
     sp.add_argument("--image", default=None, help="lvscare image (default %(default)s)")
@@ -115,20 +47,6 @@ def make_parser(raise_errors: bool = False) -> argparse.ArgumentParser:
     version = sub.add_parser("version", help="print the version")
     version.add_argument("--short", action="store_true")
     return parser
-
-
-def load_config(values: dict[str, Any], env: dict[str, str]) -> Config:
-    values = dict(values)
-    values.pop("masqueradebit", None)
-    path = values.pop("config", None) or env.get("CARE_CONFIG")
-    text = None
-    if path:
-        try:
-            with open(path, encoding="utf-8") as fh:
-                text = fh.read()
-        except OSError as exc:
-            raise UserError(f"--config {path}: {exc.strerror}") from None
-    return build_config(values, env, text, path or "config")
 
 
 def version_info() -> dict[str, str]:
@@ -148,7 +66,7 @@ def cmd_version(args: argparse.Namespace) -> int:
 
 
 def cmd_care(args: argparse.Namespace) -> int:
-    values = {k: v for k, v in vars(args).items() if k != "command"}
+    values = care_values(args)
     cfg = load_config(values, dict(os.environ))
     log.configure(cfg.log_level, cfg.log_format)
     from lvscare import care
@@ -191,19 +109,20 @@ def cmd_static_pod(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from lvscare import demo
-
-    return demo.main(args.mode)
+    # The demo is built on the test rig, which does not ship (rig/, installed by scripts/setup).
+    try:
+        from lvscare_rig import demo  # type: ignore[import-not-found,unused-ignore]
+    except ImportError:
+        raise UserError("the demo runs from a source checkout: scripts/setup && "
+                        ".venv/bin/lvscare demo") from None
+    code: int = demo.main(args.mode)
+    return code
 
 
 def cmd_status(args: argparse.Namespace) -> int:
     from lvscare import status
 
-    try:
-        return status.main(args.address, args.output)
-    except KernelError as exc:
-        print(f"lvscare: error: {exc}", file=sys.stderr)
-        return 1
+    return status.main(args.address, args.output)
 
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
@@ -228,6 +147,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exc.exit_code
     except KernelError as exc:
         structlog.get_logger("lvscare").error("failed", error=str(exc))
+        return exc.exit_code
+    except RuntimeFailure as exc:
+        print(f"lvscare: error: {exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         return 130

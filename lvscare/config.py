@@ -24,7 +24,11 @@ SCHEDULERS = ("rr", "wrr", "lc", "wlc", "lblc", "lblcr", "dh", "sh", "sed", "nq"
 MODES = ("route", "link", "none")
 HEALTH_TYPES = ("http", "tcp")
 ALL_DOWN = ("keep", "empty")
-DEFAULT_VS = "10.103.97.2:6443"
+DEFAULT_VIP = "10.103.97.2"
+DEFAULT_PORT = 6443
+DEFAULT_VS = f"{DEFAULT_VIP}:{DEFAULT_PORT}"
+METRICS_PORT = 10262
+DEFAULT_METRICS_ADDRESS = f"127.0.0.1:{METRICS_PORT}"
 
 
 @dataclass(frozen=True)
@@ -45,6 +49,9 @@ class Endpoint:
 
     def __str__(self) -> str:
         return f"[{self.ip}]:{self.port}" if self.ip.version == 6 else f"{self.ip}:{self.port}"
+
+
+RsKey = tuple[Endpoint, Endpoint]  # a real server of a virtual server: (VIP:port, address:port)
 
 
 @dataclass(frozen=True)
@@ -93,7 +100,7 @@ class Config:
     drain_period: float = 10.0
     log_level: str = "info"
     log_format: Literal["auto", "json", "console"] = "auto"
-    metrics_address: str = "127.0.0.1:10262"
+    metrics_address: str = DEFAULT_METRICS_ADDRESS
     config_file: str | None = None
 
 
@@ -106,7 +113,7 @@ _UNIT_SECONDS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m":
 
 def parse_duration(value: str | float | int, name: str = "duration") -> float:
     """Seconds from ``5``, ``5s``, ``500ms``, ``1m30s`` (a bare number means seconds, as in Go lvscare)."""
-    if isinstance(value, bool):
+    if isinstance(value, bool) or not isinstance(value, str | int | float):
         raise UserError(f"{name}: {value!r} is not a duration (use 5, 5s or 500ms)")
     if isinstance(value, int | float):
         seconds = float(value)
@@ -313,7 +320,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("fall", "fall", "health", parse_positive_int, "fall"),
 )
 SETTINGS_BY_FLAG = {s.flag: s for s in SETTINGS}
-ENV_ALIASES = {"health-schem": ("health-scheme",)}
+# Other spellings of a flag, accepted as flags and as CARE_* variables: the original spells it
+# --health-schem; the natural spelling works too.
+ALIASES = {"health-scheme": "health-schem"}
 
 
 def _iface(value: Any, name: str) -> str:
@@ -411,14 +420,15 @@ def build_config(
                  "log-format", "config"):
         if flag in given:
             continue
-        for name in (flag, *ENV_ALIASES.get(flag, ())):
+        for name in (flag, *(a for a, f in ALIASES.items() if f == flag)):
             env_name = "CARE_" + name.upper().replace("-", "_")
             if env_name in env:
                 given[flag] = (env[env_name], env_name)
                 break
-    # The original spells it --health-schem; accept the natural spelling too.
-    if "health-scheme" in given and "health-schem" not in given:
-        given["health-schem"] = given.pop("health-scheme")
+    for alias, flag in ALIASES.items():
+        if alias in given:
+            raw = given.pop(alias)
+            given.setdefault(flag, raw)
 
     parsed: dict[str, Any] = {}
     for flag, (raw, name) in given.items():

@@ -1,4 +1,4 @@
-"""The two kinds of failure a user sees, each with its own exit code."""
+"""The kinds of failure a user sees: bad input (exit 2), and everything else (exit 1)."""
 
 
 class UserError(Exception):
@@ -15,3 +15,10 @@ class KernelError(Exception):
     def __init__(self, message: str, errno: int | None = None) -> None:
         super().__init__(message)
         self.errno = errno
+
+
+class RuntimeFailure(Exception):
+    """Not the kernel and not the input: the environment stopped us (an address already in use,
+    no daemon answering ``lvscare status``). Exit code 1."""
+
+    exit_code = 1

@@ -20,7 +20,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from enum import StrEnum
 
-from lvscare.config import Endpoint, VirtualServer
+from lvscare.config import Endpoint, RsKey, VirtualServer
 
 
 class State(StrEnum):
@@ -122,14 +122,14 @@ def kernel_weight(h: Health, weight: int, now: float, drain_period: float) -> in
 
 @dataclass(frozen=True)
 class Decision:
-    weights: dict[tuple[Endpoint, Endpoint], int | None]
+    weights: dict[RsKey, int | None]
     all_down: frozenset[Endpoint]  # virtual servers held open by fail-open
     last_healthy: dict[Endpoint, frozenset[Endpoint]]
 
 
 def decide(
     virtual_servers: Iterable[VirtualServer],
-    health: Mapping[tuple[Endpoint, Endpoint], Health],
+    health: Mapping[RsKey, Health],
     last_healthy: Mapping[Endpoint, frozenset[Endpoint]],
     now: float,
     drain_period: float,
@@ -137,7 +137,7 @@ def decide(
 ) -> Decision:
     """Weights for every real server, with fail-open when a virtual server would be left with
     no real server taking new connections: then it keeps the ones that were healthy last."""
-    weights: dict[tuple[Endpoint, Endpoint], int | None] = {}
+    weights: dict[RsKey, int | None] = {}
     held: set[Endpoint] = set()
     remembered = dict(last_healthy)
     for vs in virtual_servers:

@@ -28,7 +28,6 @@ from lvscare.netlink import (
     NetlinkError,
     Socket,
     genl_family,
-    header,
     nla,
     parse_nlas,
 )
@@ -44,6 +43,7 @@ from lvscare.plan import (
     SetDest,
     SetService,
     Table,
+    describe_op,
 )
 from lvscare.plan import Service as ServiceSpec
 
@@ -97,21 +97,6 @@ class ApplyResult:
     failed: list[OpError] = field(default_factory=list)
 
 
-def describe_op(op: Op) -> str:
-    match op:
-        case AddService(s) | SetService(s):
-            verb = "add" if isinstance(op, AddService) else "update"
-            return f"{verb} virtual server {s.key} ({s.scheduler})"
-        case DelService(key):
-            return f"delete virtual server {key}"
-        case AddDest(key, d) | SetDest(key, d):
-            verb = "add" if isinstance(op, AddDest) else "set"
-            return f"{verb} real server {d.endpoint} weight {d.weight} on {key}"
-        case DelDest(key, endpoint):
-            return f"delete real server {endpoint} from {key}"
-    raise AssertionError(op)
-
-
 # -- encoding ----------------------------------------------------------------------------------
 # Writes are encoded here with struct rather than by pyroute2's generic NLA machinery, which costs
 # more CPU per message than the kernel spends applying it (bench/reconcile.py). The layout is
@@ -156,7 +141,7 @@ def _dest_nlas(endpoint: Endpoint, dest: Dest | None) -> bytes:
     return out
 
 
-def _op_request(op: Op) -> tuple[int, bytes, int]:
+def op_request(op: Op) -> tuple[int, bytes, int]:
     cmd, flags = _FLAGS[type(op)]
     match op:
         case AddService(s) | SetService(s):
@@ -170,16 +155,6 @@ def _op_request(op: Op) -> tuple[int, bytes, int]:
             body = (nla(_CMD_ATTR_SERVICE, _service_key_nlas(key))
                     + nla(_CMD_ATTR_DEST, _dest_nlas(endpoint, None)))
     return cmd, body, flags
-
-
-def encode_op(op: Op, family_id: int, seq: int) -> bytes:
-    """One complete netlink message (header included) for one operation."""
-    cmd, body, flags = _op_request(op)
-    return encode_request(cmd, body, family_id, seq, flags)
-
-
-def encode_request(cmd: int, body: bytes, family_id: int, seq: int, flags: int) -> bytes:
-    return header(family_id, flags, seq, struct.pack("=BBH", cmd, GENL_VERSION, 0) + body)
 
 
 # -- decoding ----------------------------------------------------------------------------------
@@ -225,7 +200,6 @@ class IPVS:
     def __init__(self) -> None:
         self._family = 0
         self._sock: Socket | None = None
-        self.writes = 0  # messages sent that change the table; tests assert idempotence with it
 
     async def open(self) -> IPVS:
         try:
@@ -327,8 +301,7 @@ class IPVS:
         result = ApplyResult()
         for start in range(0, len(ops), BATCH):
             chunk = ops[start:start + BATCH]
-            replies = await self._exchange([_op_request(op) for op in chunk])
-            self.writes += len(chunk)
+            replies = await self._exchange([op_request(op) for op in chunk])
             for op, (_, code) in zip(chunk, replies, strict=True):
                 if code:
                     result.failed.append(OpError(op, code))

@@ -1,7 +1,7 @@
 """Prometheus metrics of the daemon, rendered in the text exposition format (0.0.4).
 
-Counters and histograms are plain numbers updated as things happen; gauges are computed at scrape
-time from the daemon's state, without I/O (the reconcile loop refreshes the kernel snapshot).
+Counters and histograms are plain numbers updated as things happen; gauges are rendered at scrape
+time from the last snapshot (``snapshot.py``), without I/O and without seeing the daemon.
 Series of real servers that leave the configuration are deleted, not left stale.
 
 The text is rendered here rather than by prometheus-client's ``generate_latest``, which spends
@@ -19,14 +19,11 @@ import platform
 import time
 from bisect import bisect_left
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
 
 from lvscare import __version__
+from lvscare.config import Endpoint, RsKey
 from lvscare.health import Outcome, State
-
-if TYPE_CHECKING:
-    from lvscare.config import VirtualServer
-    from lvscare.daemon import Daemon
+from lvscare.snapshot import Snapshot
 
 # prometheus_client's CONTENT_TYPE_PLAIN_0_0_4, the format rendered here; not imported, for the
 # 1.3 MB its import costs.
@@ -34,7 +31,6 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 PROBE_BUCKETS = (0.0025, 0.01, 0.05, 0.25, 1.0)
 RECONCILE_BUCKETS = (0.001, 0.005, 0.025, 0.1, 0.5, 2.5)
 
-RsKey = tuple[str, str]
 _STATES = tuple(State)
 
 
@@ -81,6 +77,9 @@ class Histogram:
 
 
 class Metrics:
+    """Counters and histograms, updated by the daemon as things happen; ``render`` adds the
+    gauges of a snapshot."""
+
     def __init__(self) -> None:
         self.probe_duration: dict[RsKey, Histogram] = {}
         self.probes: dict[RsKey, dict[str, int]] = {}
@@ -89,19 +88,12 @@ class Metrics:
         self.nudges: dict[str, int] = {}
         self.reconcile_duration = Histogram(RECONCILE_BUCKETS)
         self.reconcile_errors: dict[str, int] = {}
-        self._labels: dict[RsKey, str] = {}
-        self._states: dict[str, list[str]] = {}
-        self._layout_for: object = None
-        self._layout_cache: list[tuple[VirtualServer, str, list[Any]]] = []
-        self._daemon: Daemon | None = None
-
-    def attach(self, daemon: Daemon) -> None:
-        self._daemon = daemon
+        self._labels: dict[RsKey, tuple[str, str, list[str]]] = {}
+        self._vs_labels: dict[Endpoint, str] = {}
 
     # -- updates ---------------------------------------------------------------------------------
 
-    def probe(self, vs: str, rs: str, outcome: Outcome, seconds: float) -> None:
-        key = (vs, rs)
+    def probe(self, key: RsKey, outcome: Outcome, seconds: float) -> None:
         hist = self.probe_duration.get(key)
         if hist is None:
             hist = self.probe_duration[key] = Histogram(PROBE_BUCKETS)
@@ -109,15 +101,15 @@ class Metrics:
         counts = self.probes.setdefault(key, {})
         counts[outcome.value] = counts.get(outcome.value, 0) + 1
 
-    def transition(self, vs: str, rs: str, state: State) -> None:
-        counts = self.transitions.setdefault((vs, rs), {})
+    def transition(self, key: RsKey, state: State) -> None:
+        counts = self.transitions.setdefault(key, {})
         counts[state.value] = counts.get(state.value, 0) + 1
 
-    def repair(self, vs: str, n: int = 1) -> None:
-        self.repairs[vs] = self.repairs.get(vs, 0) + n
+    def repair(self, vs: Endpoint, n: int = 1) -> None:
+        self.repairs[str(vs)] = self.repairs.get(str(vs), 0) + n
 
-    def nudged(self, vs: str, n: int) -> None:
-        self.nudges[vs] = self.nudges.get(vs, 0) + n
+    def nudged(self, vs: Endpoint, n: int) -> None:
+        self.nudges[str(vs)] = self.nudges.get(str(vs), 0) + n
 
     def reconcile_error(self, kind: str) -> None:
         self.reconcile_errors[kind] = self.reconcile_errors.get(kind, 0) + 1
@@ -130,51 +122,35 @@ class Metrics:
         finally:
             self.reconcile_duration.observe(time.perf_counter() - start)
 
-    def forget(self, vs: str, rs: str) -> None:
+    def forget(self, key: RsKey) -> None:
         """Drop every series of a real server that is no longer configured."""
-        self.probe_duration.pop((vs, rs), None)
-        self.probes.pop((vs, rs), None)
-        self.transitions.pop((vs, rs), None)
-        lab = self._labels.pop((vs, rs), None)
-        if lab is not None:
-            self._states.pop(lab, None)
+        self.probe_duration.pop(key, None)
+        self.probes.pop(key, None)
+        self.transitions.pop(key, None)
+        self._labels.pop(key, None)
 
     # -- exposition ------------------------------------------------------------------------------
 
-    def labels(self, vs: str, rs: str) -> str:
-        key = (vs, rs)
-        text = self._labels.get(key)
-        if text is None:
-            text = self._labels[key] = f'vs="{_escape(vs)}",rs="{_escape(rs)}"'
-        return text
+    def _rs_labels(self, key: RsKey) -> tuple[str, str, list[str]]:
+        """``vs="…",rs="…"``, the same in braces, and the prefixes of the state lines: escaped
+        once per real server, not once per scrape."""
+        found = self._labels.get(key)
+        if found is None:
+            lab = f'vs="{_escape(str(key[0]))}",rs="{_escape(str(key[1]))}"'
+            found = self._labels[key] = (lab, f"{{{lab}}}",
+                                         [f'{{{lab},state="{s.value}"}} ' for s in _STATES])
+        return found
 
-    def _state_labels(self, lab: str) -> list[str]:
-        prefixes = self._states.get(lab)
-        if prefixes is None:
-            prefixes = self._states[lab] = [f'{{{lab},state="{s.value}"}} ' for s in _STATES]
-        return prefixes
+    def _vs_label(self, vs: Endpoint) -> str:
+        found = self._vs_labels.get(vs)
+        if found is None:
+            found = self._vs_labels[vs] = f'{{vs="{_escape(str(vs))}"}}'
+        return found
 
-    def _layout(self, d: Daemon) -> list[tuple[VirtualServer, str, list[Any]]]:
-        """Label strings per real server, computed once per configuration (not per scrape)."""
-        if self._layout_for is not d.cfg:
-            layout = []
-            for vs in d.cfg.virtual_servers:
-                v = str(vs.endpoint)
-                servers = []
-                for rs in vs.real_servers:
-                    lab = self.labels(v, str(rs.endpoint))
-                    servers.append((rs, (vs.endpoint, rs.endpoint), f"{{{lab}}}",
-                                    self._state_labels(lab)))
-                layout.append((vs, f'{{vs="{_escape(v)}"}}', servers))
-            self._layout_cache, self._layout_for = layout, d.cfg
-        return self._layout_cache
+    def render(self, snap: Snapshot) -> bytes:
+        return ("\n".join(self._lines(snap)) + "\n").encode()
 
-    def render(self) -> bytes:
-        return ("\n".join(self._lines()) + "\n").encode()
-
-    def _lines(self) -> list[str]:
-        d = self._daemon
-        assert d is not None, "Metrics.attach() first"
+    def _lines(self, snap: Snapshot) -> list[str]:
         out: list[str] = []
         emit = out.append
 
@@ -188,20 +164,18 @@ class Metrics:
         cweight = gauges["lvscare_real_server_configured_weight"]
         active = gauges["lvscare_real_server_active_connections"]
         inactive = gauges["lvscare_real_server_inactive_connections"]
-        for vs, vl, servers in self._layout(d):
-            kernel = d.kernel_state(vs)
-            healthy = 0
-            for rs, key, lab, prefixes in servers:
-                h = d.health.get(key)
-                if h is None:
-                    continue
-                healthy += h.serving
-                dest = kernel.get(rs.endpoint)
+        for view in snap.virtual_servers:
+            vs = view.virtual_server.endpoint
+            vl = self._vs_label(vs)
+            for rv in view.real_servers:
+                _, lab, prefixes = self._rs_labels((vs, rv.real_server.endpoint))
+                h = rv.health
                 up.append(f"{lab} {float(h.serving)}")
                 state = h.state
                 state_lines.extend([p + ("1.0" if s is state else "0.0")
                                     for s, p in zip(_STATES, prefixes, strict=True)])
-                cweight.append(f"{lab} {float(rs.weight)}")
+                cweight.append(f"{lab} {float(rv.real_server.weight)}")
+                dest = rv.kernel
                 if dest is None:
                     kweight.append(f"{lab} -1.0")
                     active.append(f"{lab} 0.0")
@@ -210,12 +184,12 @@ class Metrics:
                     kweight.append(f"{lab} {float(dest.weight)}")
                     active.append(f"{lab} {float(dest.active_conns)}")
                     inactive.append(f"{lab} {float(dest.inactive_conns)}")
-            gauges["lvscare_virtual_server_healthy_real_servers"].append(f"{vl} {float(healthy)}")
-            held = d.decision is not None and vs.endpoint in d.decision.all_down
-            gauges["lvscare_virtual_server_all_down"].append(f"{vl} {float(held)}")
+            gauges["lvscare_virtual_server_healthy_real_servers"].append(
+                f"{vl} {float(view.serving)}")
+            gauges["lvscare_virtual_server_all_down"].append(f"{vl} {float(view.all_down)}")
         gauges["lvscare_last_reconcile_timestamp_seconds"].append(
-            f" {_num(d.stats.last_reconcile)}")
-        for name, value in d.sysctls().items():
+            f" {_num(snap.last_reconcile or 0.0)}")
+        for name, value in snap.sysctls.items():
             if value is not None and value.lstrip("-").isdigit():
                 gauges["lvscare_sysctl"].append(
                     f'{{name="{name.replace("/", ".")}"}} {float(value)}')
@@ -227,19 +201,19 @@ class Metrics:
             out.extend([name + line for line in gauges[name]])
 
         family("lvscare_probes_total", "counter", "Health probes by outcome.")
-        for (v, r), counts in self.probes.items():
-            lab = self.labels(v, r)
+        for key, counts in self.probes.items():
+            lab = self._rs_labels(key)[0]
             out.extend([f'lvscare_probes_total{{{lab},outcome="{o}"}} {n}.0'
                         for o, n in counts.items()])
         family("lvscare_real_server_transitions_total", "counter",
                "Health state changes, by the state entered.")
-        for (v, r), counts in self.transitions.items():
-            lab = self.labels(v, r)
+        for key, counts in self.transitions.items():
+            lab = self._rs_labels(key)[0]
             out.extend([f'lvscare_real_server_transitions_total{{{lab},state="{e}"}} {n}.0'
                         for e, n in counts.items()])
         for name, help_text, label, counts in (
                 ("lvscare_rules_repaired_total",
-                 "IPVS changes that undid someone else's change to our rules.", "vs",
+                 "Changes that undid someone else's change to our rules or VIP.", "vs",
                  self.repairs),
                 ("lvscare_clients_nudged_total",
                  "Client connections of deleted real servers told to reconnect at once.", "vs",
@@ -249,8 +223,8 @@ class Metrics:
             family(name, "counter", help_text)
             out.extend([f'{name}{{{label}="{_escape(k)}"}} {n}.0' for k, n in counts.items()])
         family("lvscare_probe_duration_seconds", "histogram", "Duration of health probes.")
-        for (v, r), hist in self.probe_duration.items():
-            out.extend(hist.lines("lvscare_probe_duration_seconds", self.labels(v, r)))
+        for key, hist in self.probe_duration.items():
+            out.extend(hist.lines("lvscare_probe_duration_seconds", self._rs_labels(key)[0]))
         family("lvscare_reconcile_duration_seconds", "histogram",
                "Duration of one reconcile with the kernel.")
         out.extend(self.reconcile_duration.lines("lvscare_reconcile_duration_seconds", ""))

@@ -4,7 +4,7 @@ Shared by the IPVS (generic netlink) and route/link/address (rtnetlink) code. Me
 and parsed with ``struct`` by the callers; this module knows only the netlink header, attributes,
 acknowledgements and dumps. pyroute2 did this job before; its import alone cost 10.5 MB of the
 daemon's 49 MB resident memory (bench/failover.py, footprint), and it remains in the test
-dependencies as an independent decoder of what we encode (tests/unit/test_netlink_encoding.py).
+dependencies as an independent decoder of what we encode (tests/unit/test_*_encoding.py).
 """
 
 from __future__ import annotations

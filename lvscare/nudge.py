@@ -37,7 +37,6 @@ import ipaddress
 import socket
 import struct
 from collections.abc import Iterable
-from dataclasses import dataclass
 from pathlib import Path
 
 from lvscare.config import Endpoint, IPAddress
@@ -53,14 +52,6 @@ TCP_ACK = 0x10
 _LIVE = {"ESTABLISHED", "SYN_RECV", "FIN_WAIT", "CLOSE_WAIT", "LAST_ACK", "SYN_SENT"}
 
 
-@dataclass(frozen=True)
-class Conn:
-    client: Endpoint
-    vip: Endpoint
-    dest: Endpoint
-    state: str
-
-
 def _addr(text: str) -> IPAddress:
     # IPv4 is printed as 8 hex digits, IPv6 in its usual colon form.
     if ":" in text:
@@ -68,24 +59,57 @@ def _addr(text: str) -> IPAddress:
     return ipaddress.IPv4Address(int(text, 16))
 
 
-def parse_conn_table(text: str) -> list[Conn]:
-    """Rows of ``/proc/net/ip_vs_conn`` (TCP only)."""
-    out = []
-    for line in text.splitlines()[1:]:
+def _as_printed(endpoint: Endpoint) -> tuple[str, str]:
+    """An address and port as ``/proc/net/ip_vs_conn`` prints them (%08X or %pI6, and %04X)."""
+    ip = endpoint.ip
+    return (f"{int(ip):08X}" if ip.version == 4 else ip.exploded), f"{endpoint.port:04X}"
+
+
+Target = tuple[Endpoint, Endpoint]  # (VIP:port, real server)
+
+
+def clients_of(lines: Iterable[str], targets: Iterable[Target],
+               limit: int) -> dict[Target, list[Endpoint]]:
+    """The live TCP clients of each (VIP, real server) in rows of ``/proc/net/ip_vs_conn``, at
+    most ``limit`` in all.
+
+    Rows are streamed and matched as text before anything is parsed: a node whose table holds
+    hundreds of thousands of other connections (kube-proxy's services) costs one pass over the
+    file and memory for our clients only.
+    """
+    wanted = {(*_as_printed(v), *_as_printed(d)): (v, d) for v, d in targets}
+    vips = {key[0] for key in wanted}
+    out: dict[Target, set[Endpoint]] = {t: set() for t in wanted.values()}
+    found = 0
+    for line in lines:
+        if not any(v in line for v in vips):
+            continue
         f = line.split()
-        if len(f) < 8 or f[0] != "TCP":
+        if len(f) < 8 or f[0] != "TCP" or f[7] not in _LIVE:
+            continue
+        target = wanted.get((f[3], f[4], f[5], f[6]))
+        if target is None:
             continue
         try:
-            out.append(Conn(Endpoint(_addr(f[1]), int(f[2], 16)), Endpoint(_addr(f[3]), int(f[4], 16)),
-                            Endpoint(_addr(f[5]), int(f[6], 16)), f[7]))
+            client = Endpoint(_addr(f[1]), int(f[2], 16))
         except ValueError:
             continue
-    return out
+        if client not in out[target]:
+            out[target].add(client)
+            found += 1
+            if found >= limit:
+                break
+    return {t: sorted(c, key=str) for t, c in out.items() if c}
 
 
-def clients_of(conns: Iterable[Conn], vip: Endpoint, dest: Endpoint) -> list[Endpoint]:
-    return sorted({c.client for c in conns if c.vip == vip and c.dest == dest and c.state in _LIVE},
-                  key=str)
+def read_clients(targets: Iterable[Target], limit: int,
+                 path: Path = CONN_TABLE) -> dict[Target, list[Endpoint]]:
+    """``clients_of`` the kernel's table; blocking file I/O, so the daemon runs it in a thread."""
+    try:
+        with open(path, encoding="ascii", errors="replace") as fh:
+            return clients_of(fh, targets, limit)
+    except OSError:
+        return {}
 
 
 def _checksum(data: bytes) -> int:
@@ -133,12 +157,6 @@ class Nudger:
             s.setblocking(False)
             self._socks[version] = s
         return self._socks[version]
-
-    def clients(self, vip: Endpoint, dest: Endpoint) -> list[Endpoint]:
-        try:
-            return clients_of(parse_conn_table(CONN_TABLE.read_text()), vip, dest)
-        except OSError:
-            return []
 
     def expire(self, vip: Endpoint, clients: Iterable[Endpoint]) -> None:
         """First packets. Raises OSError without CAP_NET_RAW."""

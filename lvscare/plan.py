@@ -10,7 +10,7 @@ import socket
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-from lvscare.config import Endpoint, VirtualServer
+from lvscare.config import Endpoint, RsKey, VirtualServer
 
 FWD_MASQ = 0
 
@@ -95,13 +95,29 @@ def op_key(op: Op) -> ServiceKey:
     return op.service.key if isinstance(op, AddService | SetService) else op.key
 
 
+def describe_op(op: Op) -> str:
+    """An operation in words, for logs and errors."""
+    match op:
+        case AddService(s) | SetService(s):
+            verb = "add" if isinstance(op, AddService) else "update"
+            return f"{verb} virtual server {s.key} ({s.scheduler})"
+        case DelService(key):
+            return f"delete virtual server {key}"
+        case AddDest(key, d) | SetDest(key, d):
+            verb = "add" if isinstance(op, AddDest) else "set"
+            return f"{verb} real server {d.endpoint} weight {d.weight} on {key}"
+        case DelDest(key, endpoint):
+            return f"delete real server {endpoint} from {key}"
+    raise AssertionError(op)
+
+
 def service_key(vs: VirtualServer) -> ServiceKey:
     return ServiceKey(vs.endpoint)
 
 
 def desired_table(
     virtual_servers: Iterable[VirtualServer],
-    weights: Mapping[tuple[Endpoint, Endpoint], int | None] | None = None,
+    weights: Mapping[RsKey, int | None] | None = None,
 ) -> Table:
     """The table we want. ``weights[(vs, rs)]`` overrides a real server's configured weight;
     ``None`` there means the real server must not be in the kernel (the health checker removed it).

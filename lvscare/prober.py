@@ -73,11 +73,10 @@ class Prober:
         return fut if fut is not None and not fut.done() else None
 
     def prepare(self, hc: HealthCheck) -> None:
-        """Build the TLS context for ``hc`` now, so that bad certificates fail before start."""
+        """Build the TLS context for ``hc`` now (at start, and again at a reload: the files may
+        have been renewed), so that bad certificates fail before anything uses them."""
         if hc.type == "http" and hc.scheme == "https":
-            key = _Tls(hc.ca, hc.cert, hc.key, hc.insecure_skip_verify)
-            if key not in self._contexts:
-                self._contexts[key] = build_ssl_context(hc)
+            self._contexts[_Tls(hc.ca, hc.cert, hc.key, hc.insecure_skip_verify)] = build_ssl_context(hc)
 
     async def start(self) -> None:
         connector = aiohttp.TCPConnector(limit=0, limit_per_host=1, keepalive_timeout=30,
@@ -122,8 +121,10 @@ class Prober:
         url = f"{hc.scheme}://{host}:{rs.port}{hc.path}"
         ssl_arg: ssl.SSLContext | bool = False
         if hc.scheme == "https":
-            self.prepare(hc)
-            ssl_arg = self._contexts[_Tls(hc.ca, hc.cert, hc.key, hc.insecure_skip_verify)]
+            tls = _Tls(hc.ca, hc.cert, hc.key, hc.insecure_skip_verify)
+            if tls not in self._contexts:
+                self.prepare(hc)
+            ssl_arg = self._contexts[tls]
         headers = dict(hc.headers)
         try:
             async with asyncio.timeout(hc.timeout):

@@ -25,13 +25,13 @@ from typing import Any
 import yaml
 
 from lvscare import __version__
-from lvscare.config import DEFAULT_VS, parse_endpoint, parse_ip
+from lvscare.careflags import load_config, parse_care_args
+from lvscare.config import DEFAULT_VS, METRICS_PORT, parse_endpoint, parse_ip
 from lvscare.errors import UserError
 
 DEFAULT_NAME = "kube-sealos-lvscare"
 DEFAULT_PATH = "/etc/kubernetes/manifests"
 DEFAULT_IMAGE = f"ghcr.io/lvscare/lvscare:v{__version__}"
-METRICS_ADDRESS = "127.0.0.1:10262"
 
 
 @dataclass(frozen=True)
@@ -74,13 +74,10 @@ def care_args(vip: str, masters: Sequence[str], options: Sequence[str] = ()) -> 
 
 def _check(args: list[str]) -> None:
     # The manifest must not carry arguments that would make the pod crash-loop on every node.
-    from lvscare.cli import load_config, make_parser
-
     try:
-        ns = make_parser(raise_errors=True).parse_args(args)
+        values = parse_care_args(args)
     except UserError as exc:
         raise UserError(f"--options: lvscare care would reject it: {exc}") from None
-    values = {k: v for k, v in vars(ns).items() if k != "command"}
     if "rs" not in values and "config" not in values:
         raise UserError("--masters: at least one apiserver address is needed")
     if "run-once" in values or "clean" in values:
@@ -133,7 +130,7 @@ def manifest(pod: StaticPod) -> dict[str, Any]:
                     "limits": {"cpu": "200m", "memory": "128Mi"},
                 },
                 "livenessProbe": {
-                    "httpGet": {"host": "127.0.0.1", "port": 10262, "path": "/healthz"},
+                    "httpGet": {"host": "127.0.0.1", "port": METRICS_PORT, "path": "/healthz"},
                     "initialDelaySeconds": 10,
                     "periodSeconds": 10,
                     "timeoutSeconds": 3,

@@ -8,7 +8,7 @@ import urllib.error
 import urllib.request
 from typing import Any
 
-from lvscare.errors import KernelError
+from lvscare.errors import RuntimeFailure
 
 COLOURS = {"healthy": "32", "failing": "33", "recovering": "33", "down": "31"}
 
@@ -21,10 +21,10 @@ def fetch(address: str, timeout: float = 3.0) -> dict[str, Any]:
             return data
     except urllib.error.URLError as exc:
         reason = getattr(exc.reason, "strerror", None) or exc.reason
-        raise KernelError(f"no lvscare daemon answers at {url} ({reason}); "
+        raise RuntimeFailure(f"no lvscare daemon answers at {url} ({reason}); "
                           "is it running, and with this --metrics-address?") from None
     except (OSError, ValueError) as exc:
-        raise KernelError(f"no usable answer from {url}: {exc}") from None
+        raise RuntimeFailure(f"no usable answer from {url}: {exc}") from None
 
 
 def _since(seconds: float) -> str:

@@ -80,6 +80,16 @@ def ensure_sysctls(modes: set[str]) -> list[str]:
     return changed
 
 
+class KernelSysctls:
+    """The sysctls of the node's kernel, as the daemon's ``effects.Sysctls``."""
+
+    def ensure(self, modes: set[str]) -> list[str]:
+        return ensure_sysctls(modes)
+
+    def read(self) -> dict[str, str | None]:
+        return sysctl_values()
+
+
 def _prefixlen(ip: IPAddress) -> int:
     return 32 if ip.version == 4 else 128
 
@@ -254,6 +264,14 @@ class Iptables:
     def _has_chain(self, binary: str) -> bool:
         return self._run(binary, "-S", NAT_CHAIN).returncode == 0
 
+    async def _listing(self, binary: str) -> list[str] | None:
+        """``-S`` of our chain; None when the chain does not exist."""
+        proc = await asyncio.create_subprocess_exec(
+            binary, "-w", "5", "-t", "nat", "-S", NAT_CHAIN,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL)
+        out, _ = await proc.communicate()
+        return out.decode().strip().splitlines() if proc.returncode == 0 else None
+
     def _choose(self) -> str:
         """The binary holding our chain, or the best one that can create it."""
         if self._binary is not None:
@@ -307,11 +325,11 @@ class Iptables:
         """Remove our rule for ``vs`` from every backend that has our chain."""
         changed = False
         for binary in self._available():
-            if not self._has_chain(binary):
+            if await self._listing(binary) is None:
                 continue
             while await self._exec(binary, "-D", NAT_CHAIN, *self.rule(vs), check=False):
                 changed = True
-            listing = self._run(binary, "-S", NAT_CHAIN).stdout.strip().splitlines()
+            listing = await self._listing(binary) or []
             if len(listing) <= 1:  # only "-N LVSCARE-POSTROUTING": no other VIP of ours
                 while await self._exec(binary, "-D", "POSTROUTING", *self.JUMP, check=False):
                     pass
@@ -358,15 +376,19 @@ class Access:
     def iptables(self, version: int) -> Iptables:
         return self._iptables.setdefault(version, Iptables(version))
 
-    async def ensure(self, vs: VirtualServer) -> bool:
-        """Make the VIP reachable as ``vs.mode`` says; True if anything had to change."""
+    async def ensure(self, vs: VirtualServer, *, iptables: bool = True) -> bool:
+        """Make the VIP reachable as ``vs.mode`` says; True if anything had to change.
+
+        ``iptables=False`` checks only what netlink can check (route, address, link: two or
+        three dumps, as cheap as reading the IPVS table), not the NAT rule (a process each)."""
         vip = vs.endpoint.ip
         changed = False
         if vs.mode == "route":
             changed |= await ensure_route(self.nl, vs, self.node_ip)
         elif vs.mode == "link":
             changed |= await ensure_dummy_address(self.nl, self.iface, vip)
-            changed |= await self.iptables(vip.version).ensure(vs)
+            if iptables:
+                changed |= await self.iptables(vip.version).ensure(vs)
         return changed
 
     async def remove(self, vs: VirtualServer) -> bool:

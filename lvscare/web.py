@@ -1,16 +1,16 @@
-"""The daemon's HTTP endpoints: /metrics, /healthz, /status. They read state, never change it."""
+"""The daemon's HTTP endpoints: /metrics, /healthz, /status. They render the last snapshot
+(``snapshot.py``) and never see the daemon itself."""
 
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import Any
 
 from aiohttp import web
 
-from lvscare.metrics import CONTENT_TYPE
-
-if TYPE_CHECKING:
-    from lvscare.daemon import Daemon
+from lvscare.metrics import CONTENT_TYPE, Metrics
+from lvscare.snapshot import Snapshot
 
 
 def stale_after(interval: float) -> float:
@@ -18,38 +18,34 @@ def stale_after(interval: float) -> float:
     return 3 * interval + 5
 
 
-def healthz(daemon: Daemon) -> tuple[int, str]:
-    last = daemon.stats.last_reconcile
-    if not last:
+def healthz(snap: Snapshot, wall: float) -> tuple[int, str]:
+    last = snap.last_reconcile
+    if last is None:
         return 503, "no reconcile yet"
-    age = time.time() - last
-    limit = stale_after(daemon.cfg.interval)
+    age = wall - last
+    limit = stale_after(snap.config.interval)
     if age > limit:
         reason = f"last successful reconcile {age:.0f}s ago (limit {limit:.0f}s)"
-        if daemon.last_error:
-            reason += f": {daemon.last_error}"
+        if snap.last_error:
+            reason += f": {snap.last_error}"
         return 503, reason
     return 200, "ok"
 
 
-def status(daemon: Daemon) -> dict[str, Any]:
-    now = time.monotonic()
-    out: dict[str, Any] = {"virtualServers": [], "lastReconcile": daemon.stats.last_reconcile,
-                           "repairs": daemon.stats.repairs}
-    for vs in daemon.cfg.virtual_servers:
-        kernel = daemon.kernel_state(vs)
+def status(snap: Snapshot, now: float) -> dict[str, Any]:
+    """``now``: the monotonic clock the health states were stamped with."""
+    out: dict[str, Any] = {"virtualServers": [], "lastReconcile": snap.last_reconcile or 0.0,
+                           "repairs": snap.repairs}
+    for view in snap.virtual_servers:
+        vs = view.virtual_server
         rss = []
-        for rs in vs.real_servers:
-            h = daemon.health.get((vs.endpoint, rs.endpoint))
-            if h is None:
-                continue
-            dest = kernel.get(rs.endpoint)
-            last = h.last
+        for rv in view.real_servers:
+            h, dest, last = rv.health, rv.kernel, rv.health.last
             rss.append({
-                "address": str(rs.endpoint),
+                "address": str(rv.real_server.endpoint),
                 "state": h.state.value,
                 "since": round(now - h.since, 3),
-                "configuredWeight": rs.weight,
+                "configuredWeight": rv.real_server.weight,
                 "kernelWeight": dest.weight if dest else None,
                 "activeConnections": dest.active_conns if dest else 0,
                 "inactiveConnections": dest.inactive_conns if dest else 0,
@@ -60,34 +56,36 @@ def status(daemon: Daemon) -> dict[str, Any]:
             })
         out["virtualServers"].append({
             "address": str(vs.endpoint), "mode": vs.mode, "scheduler": vs.scheduler,
-            "allDown": daemon.decision is not None and vs.endpoint in daemon.decision.all_down,
-            "realServers": rss})
+            "allDown": view.all_down, "realServers": rss})
     return out
 
 
-def make_app(daemon: Daemon) -> web.Application:
+def make_app(snapshot: Callable[[], Snapshot], metrics: Metrics) -> web.Application:
     async def get_healthz(_: web.Request) -> web.Response:
-        code, reason = healthz(daemon)
+        code, reason = healthz(snapshot(), time.time())
         return web.Response(status=code, text=reason + "\n")
 
     async def get_status(_: web.Request) -> web.Response:
-        return web.json_response(status(daemon))
+        return web.json_response(status(snapshot(), time.monotonic()))
+
+    async def get_metrics(_: web.Request) -> web.Response:
+        return web.Response(body=metrics.render(snapshot()), headers={"Content-Type": CONTENT_TYPE})
 
     app = web.Application()
-    async def get_metrics(_: web.Request) -> web.Response:
-        return web.Response(body=daemon.metrics.render(),
-                            headers={"Content-Type": CONTENT_TYPE})
-
     app.router.add_get("/metrics", get_metrics)
     app.router.add_get("/healthz", get_healthz)
     app.router.add_get("/status", get_status)
     return app
 
 
-async def serve(daemon: Daemon, address: str) -> web.AppRunner:
+async def serve(snapshot: Callable[[], Snapshot], metrics: Metrics, address: str) -> web.AppRunner:
     host, _, port = address.rpartition(":")
-    runner = web.AppRunner(make_app(daemon), access_log=None, handle_signals=False)
+    runner = web.AppRunner(make_app(snapshot, metrics), access_log=None, handle_signals=False)
     await runner.setup()
     site = web.TCPSite(runner, host.strip("[]") or None, int(port), reuse_address=True)
-    await site.start()
+    try:
+        await site.start()
+    except BaseException:
+        await runner.cleanup()
+        raise
     return runner

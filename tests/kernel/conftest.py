@@ -8,8 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
-from lvscare.lab import topology
+from lvscare_rig import topology
 
 
 def _kernel_has_ipvs() -> bool:

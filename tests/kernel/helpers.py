@@ -9,7 +9,7 @@ import sys
 import time
 from pathlib import Path
 
-from lvscare.lab.topology import Lab, wait_for
+from lvscare_rig.topology import Lab, wait_for
 
 DUMP = str(Path(__file__).parents[1] / "support" / "ipvs_dump.py")
 
@@ -64,11 +64,23 @@ def log_events(stderr: str) -> list[dict[str, object]]:
     return [json.loads(line) for line in stderr.splitlines() if line.startswith("{")]
 
 
+# Runs lvscare with a monotonic clock that reads UPTIME seconds at start, as on a node that has just
+# booted (the test kernel has been up for longer by the time a test runs).
+FRESH_CLOCK = """
+import runpy, sys, time
+real, shift = time.monotonic, time.monotonic() - float(sys.argv.pop(1))
+time.monotonic = lambda: real() - shift
+sys.argv[0] = "lvscare"
+runpy.run_module("lvscare", run_name="__main__", alter_sys=True)
+"""
+
+
 class Care:
-    """``lvscare care`` running as a daemon in the lab's node, JSON logs captured."""
+    """``lvscare care`` running as a daemon in the lab's node, JSON logs captured. ``uptime``:
+    start it with a monotonic clock that reads this many seconds."""
 
     def __init__(self, lab: Lab, *args: str, rs: list[str] | None = None,
-                 vs: str = "10.103.97.2:6443") -> None:
+                 vs: str = "10.103.97.2:6443", uptime: float | None = None) -> None:
         self.lab = lab
         self.log = lab.workdir / f"care-{time.monotonic_ns()}.log"
         argv = ["care", "--log-format", "json", "--metrics-address", "off"]
@@ -77,11 +89,13 @@ class Care:
             for r in (rs if rs is not None else [b.address for b in lab.backends]):
                 argv += ["--rs", r]
         self.argv = [*argv, *args]
+        self.python = [sys.executable, "-m", "lvscare"] if uptime is None else \
+            [sys.executable, "-c", FRESH_CLOCK, str(uptime)]
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self, wait_for: list[str] | None = None) -> Care:
         self.proc = subprocess.Popen(
-            self.lab.node_cmd(sys.executable, "-m", "lvscare", *self.argv),
+            self.lab.node_cmd(*self.python, *self.argv),
             stdout=subprocess.DEVNULL, stderr=self.log.open("ab"))
         addrs = wait_for if wait_for is not None else [b.address for b in self.lab.backends]
         wait(lambda: all(a in self.lab.ipvsadm() for a in addrs), 60, self)

@@ -8,8 +8,7 @@ import time
 from collections.abc import Iterator
 
 import pytest
-
-from lvscare.lab.topology import Lab
+from lvscare_rig.topology import Lab
 
 from .helpers import Care, ipvsadm_stats, ipvsadm_table, wait
 
@@ -35,6 +34,87 @@ def assert_traffic_avoids(lab: Lab, gone: str) -> None:
     result = lab.requests(VIP, count=6)
     assert result["errors"] == []
     assert gone not in result["answers"]  # type: ignore[operator]
+
+
+def test_the_vip_carries_traffic_as_soon_as_the_rules_are_written(lab: Lab) -> None:
+    """Started on a clean node (no --run-once before it) that booted 2 s ago: its monotonic
+    clock is small, which the daemon once took for "the VIP route was checked long ago" and
+    left the VIP unreachable until uptime reached 10 s."""
+    care = Care(lab, uptime=2.0).start()
+    try:
+        assert lab.run("ip", "route", "show", "table", "local", "proto", "76").stdout.strip(), \
+            "no VIP route when the rules were written"
+        assert lab.requests(VIP, count=3, timeout=1.0)["errors"] == []
+    finally:
+        care.stop()
+
+
+def _vip_objects(lab: Lab, mode: str) -> str:
+    if mode == "route":
+        return lab.run("ip", "route", "show", "table", "local", "proto", "76").stdout.strip()
+    return lab.run("ip", "-o", "addr", "show", "dev", "lvscare", check=False).stdout.strip()
+
+
+@pytest.mark.parametrize("what", ["route", "address", "link"])
+def test_a_deleted_vip_route_address_or_link_is_back_within_two_seconds(lab: Lab, what: str) -> None:
+    mode = "route" if what == "route" else "link"
+    care = Care(lab, "--mode", mode).start()
+    try:
+        wait(lambda: VIP in _vip_objects(lab, mode), 10, care)
+        if what == "route":
+            lab.run("ip", "route", "flush", "table", "local", "proto", "76")
+        elif what == "address":
+            lab.run("ip", "addr", "del", f"{VIP}/32", "dev", "lvscare")
+        else:
+            lab.run("ip", "link", "del", "lvscare")
+        assert VIP not in _vip_objects(lab, mode)
+        # The default interval is 1 s: back within one interval (and a reconcile).
+        wait(lambda: VIP in _vip_objects(lab, mode), 2, care)
+        wait(lambda: care.events("VIP access repaired"), 2, care)
+        assert lab.requests(VIP, count=3)["errors"] == []
+    finally:
+        care.stop()
+
+
+def test_sighup_moves_the_vip_to_the_new_interface_and_node_address(lab: Lab) -> None:
+    """A reload leaves the node as a fresh start with the new file would: nothing of the old
+    interface is left, the new one carries the VIP, and a new node address is the route's
+    source."""
+    config = lab.workdir / "care.yaml"
+    rs = [b.address for b in lab.backends]
+
+    def write(extra: str) -> None:
+        config.write_text(f"{extra}\nvirtualServers:\n  - vs: {VIP}:6443\n    realServers: {rs}\n")
+
+    def reload(care: Care, n: int) -> None:
+        assert care.proc is not None
+        care.proc.send_signal(signal.SIGHUP)
+        wait(lambda: len(care.events("reloaded")) >= n, 10, care)
+
+    def local_route() -> str:
+        return lab.run("ip", "route", "show", "table", "local", "proto", "76").stdout
+
+    write("mode: link\niface: lvsa")
+    care = Care(lab, "--config", str(config)).start()
+    try:
+        wait(lambda: VIP in lab.run("ip", "-o", "addr", "show", "dev", "lvsa").stdout, 10, care)
+        write("mode: link\niface: lvsb")
+        reload(care, 1)
+        wait(lambda: VIP in lab.run("ip", "-o", "addr", "show", "dev", "lvsb", check=False).stdout, 5, care)
+        assert lab.run("ip", "link", "show", "lvsa", check=False).returncode != 0  # our empty dummy went
+        assert lab.requests(VIP, count=3)["errors"] == []
+        write("mode: route\nip: 10.200.2.1")
+        reload(care, 2)
+        wait(lambda: "src 10.200.2.1" in local_route(), 5, care)
+        assert lab.run("ip", "link", "show", "lvsb", check=False).returncode != 0
+        assert lab.requests(VIP, count=3)["errors"] == []
+        write("mode: route\nip: 10.200.3.1")
+        reload(care, 3)
+        wait(lambda: "src 10.200.3.1" in local_route(), 5, care)
+        assert local_route().count(VIP) == 1
+        assert lab.requests(VIP, count=3)["errors"] == []
+    finally:
+        care.stop()
 
 
 def test_killed_backend_is_deleted_and_readded(lab: Lab, care: Care) -> None:

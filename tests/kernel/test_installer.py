@@ -1,6 +1,6 @@
 """``installer join`` / ``clean`` against real OpenSSH servers: simulated nodes in network namespaces
 inside the test kernel, so the ``--run-once`` each node runs programs a real IPVS table (its own,
-per namespace). Files the installer writes land in each node's test directory (lvscare.lab.sshnodes);
+per namespace). Files the installer writes land in each node's test directory (lvscare_rig.sshnodes);
 ``kubeadm`` on the nodes is a test double that records its arguments."""
 
 from __future__ import annotations
@@ -16,9 +16,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-
-from lvscare.lab import sshnodes
-from lvscare.lab.sshnodes import HOSTS, PASSWORD, SshLab
+from lvscare_rig import sshnodes
+from lvscare_rig.sshnodes import HOSTS, PASSWORD, SshLab
 
 VS_LINE = "TCP  10.103.97.2:6443 rr"
 TOKEN = "abcdef.0123456789abcdef"
@@ -108,6 +107,23 @@ def test_join_programs_the_node_then_rerun_changes_nothing_then_clean_undoes_it(
     assert node.file("hosts").read_text() == HOSTS
     assert "10.103.97.2" not in node.ipvsadm()
     assert not node.file("bin/lvscare").exists()
+
+
+def test_the_rules_before_join_follow_the_pods_options(lab2: SshLab) -> None:
+    """``--options=--mode=link``: the node's --run-once (before join) must create link-mode
+    rules, as the static pod after join will, not route-mode ones."""
+    master, node = lab2.nodes
+    done = installer("join", "--master", master.address, "--node", node.address,
+                     "--options=--mode=link", *lab2.flags())
+    assert done.returncode == 0, done.stdout + done.stderr
+    addr = subprocess.run(["ip", "-n", node.netns, "-o", "addr", "show", "dev", "lvscare"],
+                          capture_output=True, text=True, check=False).stdout
+    assert "10.103.97.2/32" in addr, addr  # link mode's dummy interface holds the VIP
+    route = subprocess.run(["ip", "-n", node.netns, "route", "show", "table", "local", "proto", "76"],
+                           capture_output=True, text=True, check=True).stdout
+    assert route.strip() == ""  # and route mode's route is not there
+    manifest = yaml.safe_load(node.file("kubernetes/manifests/kube-sealos-lvscare.yaml").read_text())
+    assert "--mode=link" in manifest["spec"]["containers"][0]["args"]
 
 
 def test_password_auth_and_a_wrong_password(lab2: SshLab, tmp_path: Path) -> None:

@@ -8,7 +8,7 @@ import subprocess
 import sys
 import time
 
-from lvscare.lab.topology import Lab
+from lvscare_rig.topology import Lab
 
 from .helpers import Care, wait
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from lvscare.lab.topology import Lab
+from lvscare_rig.topology import Lab
 
 from .helpers import ipvsadm_stats, ipvsadm_table, log_events, netlink_table
 

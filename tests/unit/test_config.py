@@ -171,6 +171,8 @@ def test_vs_flags_need_a_single_vs_file() -> None:
      "at least 0"),
     ("virtualServers: [{vs: '10.0.0.1:1', realServers: '1.1.1.1:1'}]", "must be a list"),
     ("health: {timeout: fast}", "not a duration"),
+    ("interval: null", "None is not a duration"),
+    ("drainPeriod: [1, 2]", "is not a duration"),
     ("[1, 2]", "top level must be a mapping"),
     ("a: [", "line"),
     ("virtualServers: [{vs: '10.0.0.1:1', realServers: ['1.1.1.1:1']},"

@@ -74,7 +74,44 @@ def test_kubeadm_api_version() -> None:
 def test_plan_addresses() -> None:
     plan = Plan(masters=("fd00::2",), nodes=("n1",), user="root", vip="fd00::97:2", port=6443)
     assert plan.vs == "[fd00::97:2]:6443" and plan.real_servers == ["[fd00::2]:6443"]
-    assert plan.care_args() == ["care", "--vs", "[fd00::97:2]:6443", "--rs", "[fd00::2]:6443"]
+    assert plan.care_args() == ["care", "--vs", "[fd00::97:2]:6443", "--health-path", "/healthz",
+                                "--health-schem", "https", "--rs", "[fd00::2]:6443"]
+
+
+class _RecordingRemote:
+    def __init__(self) -> None:
+        self.commands: list[str] = []
+
+    def run(self, script: str, *, timeout: float = 300, check: bool = True) -> tuple[int, str, str]:
+        self.commands.append(script)
+        return 0, "", ""
+
+
+@pytest.mark.parametrize("options", [(), ("--mode=link", "--interval", "2s"), ("--scheduler=wrr",)])
+def test_the_rules_before_join_are_the_rules_of_the_pod_after_it(options: tuple[str, ...]) -> None:
+    """The node must not get route-mode rules from --run-once and a link-mode pod after join."""
+    import shlex
+
+    import yaml
+
+    from installer import steps
+    from lvscare import staticpod
+
+    plan = Plan(masters=("10.0.0.2", "10.0.0.3"), nodes=("n1",), user="root", options=options)
+    manifest = staticpod.render(staticpod.StaticPod(vip=plan.vs, masters=tuple(plan.real_servers),
+                                                    options=plan.options))
+    remote = _RecordingRemote()
+    inputs = steps.Inputs(plan, None, None, "kube-sealos-lvscare", manifest, None)  # type: ignore[arg-type]
+    steps.step_rules(remote, inputs)  # type: ignore[arg-type]
+    (command,) = remote.commands
+    argv = shlex.split(command)
+    assert argv[0] == plan.paths.binary
+    pod = yaml.safe_load(manifest)["spec"]
+    daemon_args = pod["containers"][0]["args"]
+    assert argv[1:] == [*daemon_args, "--run-once", "--log-format", "console"]
+    assert pod["initContainers"][0]["args"] == [*daemon_args, "--run-once"]
+    for option in options:
+        assert option in daemon_args
 
 
 def run(*args: str, **kw: object) -> subprocess.CompletedProcess[str]:
@@ -129,7 +166,12 @@ def test_bundle_runs_on_a_bare_python_with_pure_python_dependencies(tmp_path: Pa
     names = zipfile.ZipFile(b.path).namelist()
     assert not [n for n in names if n.endswith(".so")]
     assert "lvscare/cli.pyc" in names and "aiohttp/__init__.pyc" in names
-    assert not [n for n in names if n.startswith(("pyroute2", "fabric", "paramiko", "pytest"))]
+    assert not [n for n in names
+                if n.startswith(("pyroute2", "fabric", "paramiko", "pytest", "prometheus_client"))]
+    # What runs on a node, and no test rig: no lab, no test kernel, no demo.
+    rig = [n for n in names if n.startswith(("lvscare_rig", "lvscare/lab", "tests"))
+           or n.split("/")[-1].split(".")[0] in ("testkernel", "demo", "topology", "sshnodes")]
+    assert rig == [] and "lvscare/daemon.pyc" in names
     again = build(tmp_path / "again")
     assert again.sha256 == b.sha256 and again.path != b.path  # reproducible: reruns skip the upload
     assert build(tmp_path).path == b.path  # cached

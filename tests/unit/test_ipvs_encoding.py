@@ -11,13 +11,15 @@ import pytest
 from pyroute2.netlink.generic import ipvs as genl
 
 from lvscare.config import Endpoint
-from lvscare.ipvs import encode_op
+from lvscare.ipvs import GENL_VERSION, op_request
+from lvscare.netlink import header
 from lvscare.plan import (
     AddDest,
     AddService,
     DelDest,
     DelService,
     Dest,
+    Op,
     Service,
     ServiceKey,
     SetDest,
@@ -31,6 +33,12 @@ def ep(host: str, port: int) -> Endpoint:
 
 V4 = ServiceKey(ep("10.103.97.2", 6443))
 V6 = ServiceKey(ep("fd00::10", 6443))
+
+
+def encode_op(op: Op, family_id: int, seq: int) -> bytes:
+    """One whole message, framed as ``IPVS.apply`` frames it for the socket."""
+    cmd, body, flags = op_request(op)
+    return header(family_id, flags, seq, struct.pack("=BBH", cmd, GENL_VERSION, 0) + body)
 
 
 def decode(data: bytes):  # type: ignore[no-untyped-def]

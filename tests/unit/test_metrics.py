@@ -8,8 +8,10 @@ import time
 from prometheus_client.parser import text_string_to_metric_families
 
 from lvscare.config import Config, Endpoint, RealServer, VirtualServer
-from lvscare.daemon import Daemon
-from lvscare.health import Outcome, ProbeResult, State, initial, step
+from lvscare.core import Core
+from lvscare.health import Outcome, ProbeResult, State
+from lvscare.metrics import Metrics
+from lvscare.snapshot import Snapshot
 from lvscare.web import healthz, status
 
 VS = VirtualServer(Endpoint(ipaddress.ip_address("10.103.97.2"), 6443),
@@ -17,33 +19,33 @@ VS = VirtualServer(Endpoint(ipaddress.ip_address("10.103.97.2"), 6443),
                          for i in (1, 2)))
 
 
-def daemon() -> Daemon:
-    d = Daemon(Config(virtual_servers=(VS,), metrics_address=""))
-    now = time.monotonic()
-    for rs in VS.real_servers:
-        d.health[(VS.endpoint, rs.endpoint)] = initial(now)
-    return d
+KEY1, KEY2 = ((VS.endpoint, rs.endpoint) for rs in VS.real_servers)
 
 
-def families(d: Daemon) -> dict[str, dict[tuple[tuple[str, str], ...], float]]:
+def core() -> Core:
+    c = Core(Config(virtual_servers=(VS,), metrics_address=""))
+    c.adopt({}, now=5.0)
+    return c
+
+
+def families(metrics: Metrics, snap: Snapshot) -> dict[str, dict[tuple[tuple[str, str], ...], float]]:
     out: dict[str, dict[tuple[tuple[str, str], ...], float]] = {}
-    for fam in text_string_to_metric_families(d.metrics.render().decode()):
+    for fam in text_string_to_metric_families(metrics.render(snap).decode()):
         for s in fam.samples:
             out.setdefault(s.name, {})[tuple(sorted(s.labels.items()))] = s.value
     return out
 
 
 def test_exposition_parses_and_follows_state() -> None:
-    d = daemon()
+    c, m = core(), Metrics()
     vs, rs1, rs2 = "10.103.97.2:6443", "10.0.0.1:6443", "10.0.0.2:6443"
-    key = (VS.endpoint, VS.real_servers[0].endpoint)
-    d.health[key] = step(d.health[key], ProbeResult(Outcome.REFUSED), 1.0, 2, 2)
-    d.metrics.probe(vs, rs1, Outcome.REFUSED, 0.003)
-    d.metrics.probe(vs, rs2, Outcome.OK, 0.02)
-    d.metrics.transition(vs, rs1, State.DOWN)
-    d.metrics.reconcile_error("EPERM")
-    d.desired(time.monotonic())
-    f = families(d)
+    c.observe(KEY1, ProbeResult(Outcome.REFUSED), 6.0)
+    m.probe(KEY1, Outcome.REFUSED, 0.003)
+    m.probe(KEY2, Outcome.OK, 0.02)
+    m.transition(KEY1, State.DOWN)
+    m.reconcile_error("EPERM")
+    c.desired(6.0)
+    f = families(m, c.snapshot({}))
     assert f["lvscare_real_server_up"][(("rs", rs1), ("vs", vs))] == 0
     assert f["lvscare_real_server_up"][(("rs", rs2), ("vs", vs))] == 1
     assert f["lvscare_real_server_state"][(("rs", rs1), ("state", "down"), ("vs", vs))] == 1
@@ -57,22 +59,24 @@ def test_exposition_parses_and_follows_state() -> None:
     assert f["lvscare_probe_duration_seconds_count"][(("rs", rs2), ("vs", vs))] == 1
     assert f["lvscare_virtual_server_healthy_real_servers"][(("vs", vs),)] == 1
     assert f["lvscare_reconcile_errors_total"][(("kind", "EPERM"),)] == 1
-    d.metrics.forget(vs, rs1)
-    f = families(d)
+    m.forget(KEY1)
+    f = families(m, c.snapshot({}))
     assert (("outcome", "refused"), ("rs", rs1), ("vs", vs)) not in f["lvscare_probes_total"]
 
 
 def test_healthz_and_status_without_a_reconcile() -> None:
-    d = daemon()
-    assert healthz(d) == (503, "no reconcile yet")
-    d.stats.last_reconcile = time.time()
-    assert healthz(d) == (200, "ok")
-    d.stats.last_reconcile = time.time() - 60
-    d.last_error = "cannot add route"
-    code, reason = healthz(d)
+    c = core()
+    now = time.time()
+    assert healthz(c.snapshot({}), now) == (503, "no reconcile yet")
+    table, _ = c.desired(6.0)
+    c.reconciled([], table, {}, wall=now)
+    assert healthz(c.snapshot({}), now) == (200, "ok")
+    c.failed("cannot add route")
+    code, reason = healthz(c.snapshot({}), now + 60)
     assert code == 503 and "cannot add route" in reason
-    s = status(d)
+    s = status(c.snapshot({}), 7.0)
     assert [r["state"] for r in s["virtualServers"][0]["realServers"]] == ["healthy", "healthy"]
+    assert s["virtualServers"][0]["realServers"][0]["since"] == 2.0
 
 
 def test_content_type_is_prometheus_text_format() -> None:

@@ -6,11 +6,14 @@ from __future__ import annotations
 import ipaddress
 import socket
 import struct
+import time
+import tracemalloc
+from pathlib import Path
 
 import pytest
 
 from lvscare.config import Endpoint
-from lvscare.nudge import Nudger, clients_of, packets, parse_conn_table, tcp_packet
+from lvscare.nudge import Nudger, clients_of, packets, read_clients, tcp_packet
 
 TABLE = """Pro FromIP   FPrt ToIP     TPrt DestIP   DPrt State       Expires PEName PEData
 TCP 0AC80101 D2F0 0A676102 192B 0AC80302 192B ESTABLISHED     899
@@ -27,18 +30,44 @@ def ep(text: str) -> Endpoint:
     return Endpoint(ipaddress.ip_address(host.strip("[]")), int(port))
 
 
+ROWS = TABLE.replace("\\\n", "").splitlines()
+V4, V6 = ep("10.103.97.2:6443"), ep("[fd00::97:2]:6443")
+
+
 def test_connection_table_is_read_for_ipv4_and_ipv6() -> None:
-    conns = parse_conn_table(TABLE.replace("\\\n", ""))
-    assert len(conns) == 4  # UDP left out
-    assert conns[0].client == ep("10.200.1.1:54000") and conns[0].vip == ep("10.103.97.2:6443")
-    assert conns[0].dest == ep("10.200.3.2:6443") and conns[0].state == "ESTABLISHED"
-    assert conns[3].client == ep("[fd00:200:1::1]:40960") and conns[3].dest == ep("[fd00:200:3::2]:6443")
+    found = clients_of(ROWS, [(V4, ep("10.200.3.2:6443")), (V6, ep("[fd00:200:3::2]:6443"))], 100)
+    assert found == {(V4, ep("10.200.3.2:6443")): [ep("10.200.1.1:54000")],  # not TIME_WAIT, not UDP
+                     (V6, ep("[fd00:200:3::2]:6443")): [ep("[fd00:200:1::1]:40960")]}
 
 
 def test_only_live_connections_of_that_real_server_are_nudged() -> None:
-    conns = parse_conn_table(TABLE.replace("\\\n", ""))
-    assert clients_of(conns, ep("10.103.97.2:6443"), ep("10.200.3.2:6443")) == [ep("10.200.1.1:54000")]
-    assert clients_of(conns, ep("10.103.97.2:6443"), ep("10.200.9.9:6443")) == []
+    assert clients_of(ROWS, [(V4, ep("10.200.2.2:6443"))], 100) == {
+        (V4, ep("10.200.2.2:6443")): [ep("10.200.1.1:54004")]}
+    assert clients_of(ROWS, [(V4, ep("10.200.9.9:6443"))], 100) == {}
+    assert clients_of(ROWS, [(ep("10.103.97.3:6443"), ep("10.200.3.2:6443"))], 100) == {}
+
+
+def test_a_large_table_is_streamed_and_the_clients_are_bounded(tmp_path: Path) -> None:
+    """500,000 connections of other services and 20,000 of ours: one pass, at most ``limit``
+    clients kept, memory for those only."""
+    table = tmp_path / "ip_vs_conn"
+    with table.open("w") as fh:
+        fh.write(TABLE.splitlines()[0] + "\n")
+        other = "TCP 0A000001 {:04X} 0A600001 01BB 0A000102 01BB ESTABLISHED     899\n"
+        ours = "TCP 0AC8{:04X} D2F0 0A676102 192B 0AC80302 192B ESTABLISHED     899\n"
+        for i in range(500_000):
+            fh.write(other.format(i % 65536))
+            if i % 25 == 0:
+                fh.write(ours.format(i // 25))
+    tracemalloc.start()
+    started = time.process_time()
+    found = read_clients([(V4, ep("10.200.3.2:6443"))], limit=4096, path=table)
+    cpu = time.process_time() - started
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert len(found[(V4, ep("10.200.3.2:6443"))]) == 4096
+    assert peak < 8 << 20, peak  # the 83 MB of the whole table parsed at once is not needed
+    print(f"500k-row table: {cpu:.2f}s CPU, peak {peak / 1e6:.1f} MB")
 
 
 def _sum16(data: bytes) -> int:

@@ -9,6 +9,7 @@ import shutil
 import subprocess
 import sys
 import venv
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -41,8 +42,9 @@ def test_dockerfile_is_multi_stage_small_and_unprivileged_by_default() -> None:
 
 def test_the_dockerfile_install_steps_give_a_working_lvscare(tmp_path: Path) -> None:
     wheels = tmp_path / "wheels"
-    run = lambda cmd, **kw: subprocess.run(cmd, check=True, capture_output=True, text=True,  # noqa: E731
-                                          timeout=600, **kw)
+    def run(cmd: list[str], check: bool = True, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(cmd, check=check, capture_output=True, text=True, timeout=600, cwd=cwd)
+
     try:
         run([sys.executable, "-m", *WHEEL.replace("/wheels", str(wheels)).split()], cwd=REPO)
     except subprocess.CalledProcessError as exc:
@@ -57,4 +59,12 @@ def test_the_dockerfile_install_steps_give_a_working_lvscare(tmp_path: Path) -> 
     assert "kind: Pod" in pod
     # Only runtime dependencies went in: no test tools, no installer (fabric), no pyroute2.
     names = {p.name.split("-")[0].lower() for p in wheels.glob("*.whl")}
-    assert "aiohttp" in names and not names & {"pytest", "fabric", "paramiko", "pyroute2", "mypy"}
+    assert "aiohttp" in names and not names & {"pytest", "fabric", "paramiko", "pyroute2", "mypy",
+                                                "prometheus_client"}
+    # The image carries what runs on a node: no test rig, no demo.
+    (ours,) = wheels.glob(f"lvscare-{__version__}-*.whl")
+    files = zipfile.ZipFile(ours).namelist()
+    assert "lvscare/daemon.py" in files
+    assert not [f for f in files if f.startswith(("lvscare_rig", "lvscare/lab", "tests/"))
+                or f.endswith(("/testkernel.py", "/demo.py"))], files
+    assert run([lvscare, "demo"], check=False).returncode == 2  # says where the demo runs from

@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 from aiohttp import web
+from lvscare_rig.topology import make_certificate
 
 from lvscare.config import Endpoint, HealthCheck
 from lvscare.errors import UserError
 from lvscare.health import Outcome
-from lvscare.lab.topology import make_certificate
 from lvscare.prober import Prober
 
 

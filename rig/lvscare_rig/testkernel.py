@@ -141,7 +141,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args[:1] == ["--"]:
         args = args[1:]
     if not args:
-        print("usage: python -m lvscare.testkernel COMMAND [ARG...]", file=sys.stderr)
+        print("usage: python -m lvscare_rig.testkernel COMMAND [ARG...]", file=sys.stderr)
         return 2
     try:
         return boot(args)

@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from lvscare import testkernel
+from lvscare_rig import testkernel
 
 VIP = "10.103.97.2"
 
@@ -74,7 +74,7 @@ def _poll(predicate, timeout: float, step: float = 0.05) -> float | None:  # typ
 
 
 def run_inside(mode: str = "route") -> int:
-    from lvscare.lab import topology
+    from lvscare_rig import topology
 
     print(f"lvscare demo: VIP {VIP}:6443 ({mode} mode), 3 HTTPS apiserver stand-ins in network "
           "namespaces, probes every 1s")
@@ -170,4 +170,4 @@ def main(mode: str = "route") -> int:
     print("this kernel has no IPVS: booting user-mode-linux to run the demo in a real kernel",
           flush=True)
     return testkernel.boot([sys.executable, "-m", "lvscare", "demo", "--mode", mode],
-                           cwd=str(Path(__file__).resolve().parents[1]), timeout=600)
+                           cwd=str(Path(__file__).resolve().parents[2]), timeout=600)

@@ -27,7 +27,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from lvscare.lab.topology import sh
+from lvscare_rig.topology import sh
 
 PASSWORD = "lab-password-not-secret"
 SUDO_USER, SUDO_UID = "ops", 4242

@@ -1,1 +1,0 @@
-"""A small lab of network namespaces with apiserver stand-ins, for the kernel tests and the demo."""
