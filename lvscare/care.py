@@ -14,6 +14,7 @@ from lvscare.effects import IpvsTable, VipAccess
 from lvscare.errors import KernelError
 from lvscare.ipvs import IPVS
 from lvscare.plan import Op, ServiceKey, Table, describe_op, desired_table, diff, op_key, service_key
+from lvscare.tls import check_certificates
 from lvscare.vip import Access, ensure_sysctls
 
 log = structlog.get_logger("lvscare")
@@ -54,7 +55,11 @@ async def reconcile_observed(ipvs: IpvsTable, desired: Table,
 
 
 async def run_once(cfg: Config) -> list[Op]:
-    """Create the virtual servers with every real server at its configured weight, then exit."""
+    """Create the virtual servers with every real server at its configured weight, then exit.
+
+    The probes' certificates are read first, as the daemon would: a file the daemon will refuse
+    fails here, before any rule exists without a daemon able to keep it healthy."""
+    check_certificates([vs.health for vs in cfg.virtual_servers])
     async with IPVS() as ipvs:
         changed = ensure_sysctls({vs.mode for vs in cfg.virtual_servers})
         if changed:

@@ -7,10 +7,12 @@ which checks with this very parser that the arguments it writes into a manifest 
 from __future__ import annotations
 
 import argparse
+from collections.abc import Mapping
 from typing import Any, NoReturn
 
-from lvscare.config import ALIASES, SETTINGS, Config, build_config
+from lvscare.config import ALIASES, SETTINGS, Config, build_config, show
 from lvscare.errors import UserError
+from lvscare.files import read_text_file
 
 HELP = {
     "interval": "time between health checks and reconciles: 5, 5s, 500ms (default 1s)",
@@ -80,18 +82,17 @@ def add_care_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--masqueradebit", default=s, help=argparse.SUPPRESS)
 
 
-def load_config(values: dict[str, Any], env: dict[str, str]) -> Config:
+def load_config(values: dict[str, Any], env: Mapping[str, str]) -> Config:
     values = dict(values)
     values.pop("masqueradebit", None)
-    path = values.pop("config", None) or env.get("CARE_CONFIG")
-    text = None
-    if path:
-        try:
-            with open(path, encoding="utf-8") as fh:
-                text = fh.read()
-        except OSError as exc:
-            raise UserError(f"--config {path}: {exc.strerror}") from None
-    return build_config(values, env, text, path or "config")
+    path, name = values.pop("config", None), "--config"
+    if path is None and env.get("CARE_CONFIG"):  # empty means unset, as in Go
+        path, name = env["CARE_CONFIG"], "CARE_CONFIG"
+    if path == "":
+        raise UserError("--config: empty path")
+    text = read_text_file(path, name) if path is not None else None
+    source = "config" if path is None else path if path.isprintable() else show(path)
+    return build_config(values, env, text, source)
 
 
 def care_values(ns: argparse.Namespace) -> dict[str, Any]:

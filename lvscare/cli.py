@@ -88,8 +88,8 @@ def cmd_static_pod(args: argparse.Namespace) -> int:
 
     from lvscare import staticpod
 
-    image = args.image or staticpod.DEFAULT_IMAGE
-    name = args.name or staticpod.DEFAULT_NAME
+    image = staticpod.check_image(args.image or staticpod.DEFAULT_IMAGE)
+    name = staticpod.check_name(args.name or staticpod.DEFAULT_NAME)
     path = Path(args.path or staticpod.DEFAULT_PATH) / f"{name}.yaml"
     if args.set_img:
         text = staticpod.set_image(path, image)
@@ -110,8 +110,10 @@ def cmd_static_pod(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     # The demo is built on the test rig, which does not ship (rig/, installed by scripts/setup).
+    import importlib
+
     try:
-        from lvscare_rig import demo  # type: ignore[import-not-found,unused-ignore]
+        demo = importlib.import_module("lvscare_rig.demo")
     except ImportError:
         raise UserError("the demo runs from a source checkout: scripts/setup && "
                         ".venv/bin/lvscare demo") from None

@@ -37,6 +37,9 @@ class ClientReset:
 
     async def reset(self, deleted: Sequence[tuple[VirtualServer, Endpoint]]) -> ResetResult:
         """Raises OSError when the packets cannot be sent at all (no CAP_NET_RAW)."""
+        # In mode none the VIP is not an address of this node: the first packet, from the
+        # client to the VIP, would leave the node for the network. Nothing is sent then.
+        deleted = [(vs, rs) for vs, rs in deleted if vs.mode != "none"]
         if not deleted:
             return ResetResult({})
         targets = [(vs.endpoint, rs) for vs, rs in deleted]

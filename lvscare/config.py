@@ -8,7 +8,9 @@ user input runs here, so that a bad value stops the program before anything in t
 from __future__ import annotations
 
 import ipaddress
+import math
 import re
+import reprlib
 import socket
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -28,6 +30,7 @@ DEFAULT_VIP = "10.103.97.2"
 DEFAULT_PORT = 6443
 DEFAULT_VS = f"{DEFAULT_VIP}:{DEFAULT_PORT}"
 METRICS_PORT = 10262
+DEFAULT_IFACE = "lvscare"  # the dummy interface of link mode
 DEFAULT_METRICS_ADDRESS = f"127.0.0.1:{METRICS_PORT}"
 
 
@@ -91,7 +94,7 @@ class VirtualServer:
 class Config:
     virtual_servers: tuple[VirtualServer, ...]
     interval: float = 1.0
-    iface: str = "lvscare"
+    iface: str = DEFAULT_IFACE
     ip: IPAddress | None = None
     run_once: bool = False
     clean: bool = False
@@ -106,139 +109,210 @@ class Config:
 
 # ---------------------------------------------------------------------------------------------
 # Scalar parsers. Each raises UserError naming the bad value.
+#
+# Values reach these from flags and CARE_* variables (always text) and from YAML (text, numbers,
+# booleans, null, lists, mappings). A value of the wrong type is refused, never converted: YAML's
+# null must not become the text "None", nor 1.5 the count 1.
 
-_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ns|us|µs|ms|s|m|h)")
+_SHOW = reprlib.Repr()
+_SHOW.maxstring, _SHOW.maxother, _SHOW.maxlevel, _SHOW.maxlist, _SHOW.maxdict = 60, 60, 2, 4, 4
+
+
+def show(value: object) -> str:
+    """A value as an error message may echo it: quoted, escaped (no control characters reach a
+    terminal or a log) and short (an alias bomb must not be expanded to print it)."""
+    return _SHOW.repr(value)
+
+
+def _text(value: object, name: str, what: str = "text") -> str:
+    if not isinstance(value, str):
+        raise UserError(f"{name}: {show(value)} is not {what}")
+    if not value.isprintable():
+        raise UserError(f"{name}: {show(value)} has control characters")
+    return value
+
+
+def _digits(text: str) -> bool:
+    # str.isdigit() is true for fullwidth and Arabic-Indic digits too, which int() accepts.
+    return text.isascii() and text.isdigit()
+
+
+_DURATION_PART = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ns|us|µs|ms|s|m|h)")
 _UNIT_SECONDS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+_DURATION_HINT = "is not a duration (use 5, 5s or 500ms)"
 
 
-def parse_duration(value: str | float | int, name: str = "duration") -> float:
-    """Seconds from ``5``, ``5s``, ``500ms``, ``1m30s`` (a bare number means seconds, as in Go lvscare)."""
+def parse_duration(value: object, name: str = "duration", low: float = 0.0,
+                   high: float = 86400.0) -> float:
+    """Seconds from ``5``, ``5s``, ``500ms``, ``1m30s`` (a bare number means seconds, as in Go
+    lvscare), within ``low``..``high``."""
     if isinstance(value, bool) or not isinstance(value, str | int | float):
-        raise UserError(f"{name}: {value!r} is not a duration (use 5, 5s or 500ms)")
+        raise UserError(f"{name}: {show(value)} {_DURATION_HINT}")
     if isinstance(value, int | float):
         seconds = float(value)
     else:
         text = value.strip()
-        if re.fullmatch(r"\d+(?:\.\d+)?", text):
+        if len(text) > 40:
+            raise UserError(f"{name}: {show(value)} {_DURATION_HINT}")
+        if re.fullmatch(r"[0-9]+(?:\.[0-9]+)?", text):
             seconds = float(text)
         else:
             parts = _DURATION_PART.findall(text)
             if not parts or "".join(n + u for n, u in parts) != text:
-                raise UserError(f"{name}: {value!r} is not a duration (use 5, 5s or 500ms)")
+                raise UserError(f"{name}: {show(value)} {_DURATION_HINT}")
             seconds = sum(float(n) * _UNIT_SECONDS[u] for n, u in parts)
+    if not math.isfinite(seconds):
+        raise UserError(f"{name}: {show(value)} {_DURATION_HINT}")
     if seconds < 0:
-        raise UserError(f"{name}: {value!r} must not be negative")
+        raise UserError(f"{name}: {show(value)} must not be negative")
+    if not low <= seconds <= high:
+        raise UserError(f"{name}: {show(value)} is out of range {_seconds(low)}-{_seconds(high)}")
     return seconds
 
 
-def parse_bool(value: str | bool, name: str = "flag") -> bool:
+def _seconds(s: float) -> str:
+    if s and s < 1:
+        return f"{s * 1000:g}ms"
+    return f"{s / 3600:g}h" if s >= 3600 and s % 3600 == 0 else f"{s:g}s"
+
+
+def parse_bool(value: object, name: str = "flag") -> bool:
     if isinstance(value, bool):
         return value
-    text = value.strip().lower()
-    if text in ("1", "t", "true", "yes", "y", "on"):
-        return True
-    if text in ("0", "f", "false", "no", "n", "off"):
-        return False
-    raise UserError(f"{name}: {value!r} is not a boolean (use true or false)")
+    if isinstance(value, str):
+        text = value.strip().lower()
+        if text in ("1", "t", "true", "yes", "y", "on"):
+            return True
+        if text in ("0", "f", "false", "no", "n", "off"):
+            return False
+    raise UserError(f"{name}: {show(value)} is not a boolean (use true or false)")
 
 
-def parse_ip(value: str, name: str = "address") -> IPAddress:
-    text = value.strip()
+def parse_ip(value: object, name: str = "address") -> IPAddress:
+    text = _text(value, name, "an IP address").strip()
     if text.startswith("[") and text.endswith("]"):
         text = text[1:-1]
+    if "%" in text:
+        # IPVS, routes and /etc/hosts have no zones; a zone id is also free text.
+        raise UserError(f"{name}: {show(value)} has a zone id (%…), which IPVS cannot use")
     try:
         return ipaddress.ip_address(text)
     except ValueError:
-        raise UserError(f"{name}: {value!r} is not an IP address") from None
+        raise UserError(f"{name}: {show(value)} is not an IP address") from None
 
 
-def parse_port(value: str | int, name: str, whole: str) -> int:
-    try:
-        port = int(value)
-    except (TypeError, ValueError):
-        raise UserError(f"{name}: {whole!r} has no valid port") from None
+def unicast(ip: IPAddress, name: str, value: object) -> IPAddress:
+    """Refuse what can never be a real server, a VIP or a node's own source address."""
+    if ip.is_unspecified or ip.is_multicast or ip == ipaddress.IPv4Address("255.255.255.255"):
+        raise UserError(f"{name}: {show(value)} is not a usable unicast address")
+    return ip
+
+
+def parse_port(value: object, name: str, whole: object) -> int:
+    if isinstance(value, bool) or not (isinstance(value, int) or
+                                       (isinstance(value, str) and _digits(value.strip()))):
+        raise UserError(f"{name}: {show(whole)} has no valid port")
+    port = int(value)
     if not 1 <= port <= 65535:
-        raise UserError(f"{name}: port {port} in {whole!r} is out of range 1-65535")
+        raise UserError(f"{name}: port {port} in {show(whole)} is out of range 1-65535")
     return port
 
 
-def parse_endpoint(value: str, name: str = "address") -> Endpoint:
+def parse_endpoint(value: object, name: str = "address") -> Endpoint:
     """``1.2.3.4:6443`` or ``[fd00::1]:6443``. Host names are refused: IPVS works on addresses."""
-    if not isinstance(value, str):
-        raise UserError(f"{name}: {value!r} is not an address:port string")
-    text = value.strip()
+    text = _text(value, name, "an address:port").strip()
     if text.startswith("["):
         host, sep, port = text[1:].partition("]:")
         if not sep:
-            raise UserError(f"{name}: {value!r} is not [IPv6]:port")
+            raise UserError(f"{name}: {show(value)} is not [IPv6]:port")
     else:
         if text.count(":") > 1:
-            raise UserError(f"{name}: {value!r} is an IPv6 address without brackets; write [addr]:port")
+            raise UserError(f"{name}: {show(value)} is an IPv6 address without brackets; "
+                            "write [addr]:port")
         host, sep, port = text.rpartition(":")
         if not sep:
-            raise UserError(f"{name}: {value!r} has no port (expected address:port)")
-    ip = parse_ip(host, name) if host else None
-    if ip is None:
-        raise UserError(f"{name}: {value!r} has no address")
-    if ip.is_unspecified or ip.is_multicast:
-        raise UserError(f"{name}: {value!r} is not a usable unicast address")
+            raise UserError(f"{name}: {show(value)} has no port (expected address:port)")
+    if not host:
+        raise UserError(f"{name}: {show(value)} has no address")
+    ip = unicast(parse_ip(host, name), name, value)
     return Endpoint(ip, parse_port(port, name, value))
 
 
-def split_list(values: str | Sequence[str]) -> list[str]:
+def split_list(values: object, name: str = "list") -> list[str]:
     """Repeatable flags also take comma-separated values, as Go's string slices do."""
-    items = [values] if isinstance(values, str) else list(values)
-    return [part.strip() for item in items for part in str(item).split(",") if part.strip()]
-
-
-def parse_headers(values: str | Sequence[str] | Mapping[str, Any], name: str) -> tuple[tuple[str, str], ...]:
-    """``k=v`` pairs (comma-separated, as Go's stringToString); a value ``v1,v2`` stays one header."""
-    if isinstance(values, Mapping):
-        return tuple((str(k), str(v)) for k, v in values.items())
-    pairs: list[tuple[str, str]] = []
-    items = [values] if isinstance(values, str) else list(values)
+    items = [values] if isinstance(values, str) else values
+    if not isinstance(items, list | tuple):
+        raise UserError(f"{name}: {show(values)} is not a list")
+    out = []
     for item in items:
-        for part in re.split(r",(?=[^,=]+=)", item):
-            key, sep, val = part.partition("=")
-            if not sep or not key.strip():
-                raise UserError(f"{name}: {part!r} is not key=value")
-            pairs.append((key.strip(), val.strip()))
-    return tuple(pairs)
+        if not isinstance(item, str | int) or isinstance(item, bool):
+            raise UserError(f"{name}: {show(item)} is not text")
+        out += [part.strip() for part in str(item).split(",") if part.strip()]
+    return out
 
 
-def parse_status_codes(values: str | int | Sequence[str | int], name: str) -> frozenset[int]:
-    items = [values] if isinstance(values, str | int) else list(values)
+# RFC 9110 token characters: a method and a header name are made of these only.
+_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]{1,64}")
+
+
+def parse_headers(values: object, name: str) -> tuple[tuple[str, str], ...]:
+    """``k=v`` pairs (comma-separated, as Go's stringToString); a value ``v1,v2`` stays one header."""
+    pairs: list[tuple[str, str]] = []
+    if isinstance(values, Mapping):
+        pairs = [(k, v) for k, v in values.items()]
+    else:
+        items = [values] if isinstance(values, str) else values
+        if not isinstance(items, list | tuple):
+            raise UserError(f"{name}: {show(values)} is not key=value pairs")
+        for item in items:
+            for part in re.split(r",(?=[^,=]+=)", _text(item, name, "key=value")):
+                key, sep, val = part.partition("=")
+                if not sep or not key.strip():
+                    raise UserError(f"{name}: {show(part)} is not key=value")
+                pairs.append((key.strip(), val.strip()))
+    for key, val in pairs:
+        if not isinstance(key, str) or not _TOKEN.fullmatch(key):
+            raise UserError(f"{name}: {show(key)} is not a header name")
+        if not isinstance(val, str | int) or isinstance(val, bool):
+            raise UserError(f"{name}: header {key}: {show(val)} is not text")
+        _text(str(val), f"{name}: header {key}")
+    return tuple((k, str(v)) for k, v in pairs)
+
+
+def parse_status_codes(values: object, name: str) -> frozenset[int]:
     codes: set[int] = set()
-    for raw in split_list([str(v) for v in items]):
-        try:
-            code = int(raw)
-        except ValueError:
-            raise UserError(f"{name}: {raw!r} is not an HTTP status code") from None
+    for raw in split_list(values if isinstance(values, list | tuple) else [values], name):
+        if not _digits(raw):
+            raise UserError(f"{name}: {show(raw)} is not an HTTP status code")
+        code = int(raw)
         if not 100 <= code <= 599:
             raise UserError(f"{name}: {code} is not an HTTP status code (100-599)")
         codes.add(code)
     return frozenset(codes)
 
 
-def parse_positive_int(value: str | int, name: str, minimum: int = 1) -> int:
-    try:
-        number = int(value)
-    except (TypeError, ValueError):
-        raise UserError(f"{name}: {value!r} is not a whole number") from None
+def parse_positive_int(value: object, name: str, minimum: int = 1, maximum: int = 1000) -> int:
+    if isinstance(value, bool) or not (isinstance(value, int) or
+                                       (isinstance(value, str) and _digits(value.strip()))):
+        raise UserError(f"{name}: {show(value)} is not a whole number")
+    number = int(value)
     if number < minimum:
         raise UserError(f"{name}: {number} must be at least {minimum}")
+    if number > maximum:
+        raise UserError(f"{name}: {number} is above {maximum}")
     return number
 
 
-def parse_choice(value: str, name: str, choices: Sequence[str]) -> str:
-    if value not in choices:
-        raise UserError(f"{name}: {value!r} is not one of {', '.join(choices)}")
+def parse_choice(value: object, name: str, choices: Sequence[str]) -> str:
+    if not isinstance(value, str) or value not in choices:
+        raise UserError(f"{name}: {show(value)} is not one of {', '.join(choices)}")
     return value
 
 
-def parse_mode(value: str, name: str = "--mode") -> str:
+def parse_mode(value: object, name: str = "--mode") -> str:
     # Go lvscare spells "IPVS only" as an empty --mode.
-    return parse_choice(value.strip() or "none", name, MODES)
+    text = _text(value, name, "a mode")
+    return parse_choice(text.strip() or "none", name, MODES)
 
 
 def parse_real_server(value: str | Mapping[str, Any], name: str) -> RealServer:
@@ -246,9 +320,8 @@ def parse_real_server(value: str | Mapping[str, Any], name: str) -> RealServer:
         _check_keys(value, {"address", "weight"}, name)
         if "address" not in value:
             raise UserError(f"{name}: a real server needs 'address'")
-        weight = parse_positive_int(value.get("weight", 1), f"{name}.weight", minimum=0)
-        if weight > 65535:
-            raise UserError(f"{name}.weight: {weight} is above 65535")
+        weight = parse_positive_int(value.get("weight", 1), f"{name}.weight", minimum=0,
+                                    maximum=65535)
         return RealServer(parse_endpoint(value["address"], name), weight)
     return RealServer(parse_endpoint(value, name))
 
@@ -268,56 +341,65 @@ class Setting:
     yaml_key: str | None = None  # camelCase key in the YAML file, None if flag-only
 
 
-def _dur(value: Any, name: str) -> float:
-    return parse_duration(value, name)
-
-
-def _timeout(value: Any, name: str) -> float:
-    seconds = parse_duration(value, name)
-    if seconds <= 0:
-        raise UserError(f"{name}: {value!r} must be more than zero")
-    return seconds
+def _duration(low: float, high: float) -> Parser:
+    return lambda v, n: parse_duration(v, n, low, high)
 
 
 def _path(value: Any, name: str) -> str:
-    text = str(value)
+    text = _text(value, name, "a path").strip()
+    if not text or " " in text or not text.isascii():
+        raise UserError(f"{name}: {show(value)} is not a request path (ASCII, no spaces)")
     return text if text.startswith("/") else "/" + text
 
 
+def _method(value: Any, name: str) -> str:
+    text = _text(value, name, "an HTTP method").strip().upper()
+    if not _TOKEN.fullmatch(text):
+        raise UserError(f"{name}: {show(value)} is not an HTTP method")
+    return text
+
+
+def _body(value: Any, name: str) -> str:
+    if not isinstance(value, str):
+        raise UserError(f"{name}: {show(value)} is not text")
+    return value
+
+
 def _file(value: Any, name: str) -> str:
-    text = str(value)
+    text = _text(value, name, "a file path")
     if not text:
         raise UserError(f"{name}: empty path")
     return text
 
 
 SETTINGS: tuple[Setting, ...] = (
-    Setting("interval", "interval", "config", _timeout, "interval"),
+    # A probe loop faster than 100 ms is a load test of the apiservers, not health checking.
+    Setting("interval", "interval", "config", _duration(0.1, 3600), "interval"),
     Setting("iface", "iface", "config", lambda v, n: _iface(v, n), "iface"),
-    Setting("ip", "ip", "config", lambda v, n: parse_ip(str(v), n), "ip"),
+    Setting("ip", "ip", "config", lambda v, n: unicast(parse_ip(v, n), n, v), "ip"),
     Setting("clean-on-exit", "clean_on_exit", "config", parse_bool, "cleanOnExit"),
     Setting("all-down", "all_down", "config", lambda v, n: parse_choice(v, n, ALL_DOWN), "allDown"),
-    Setting("drain-period", "drain_period", "config", _dur, "drainPeriod"),
+    Setting("drain-period", "drain_period", "config", _duration(0, 86400), "drainPeriod"),
     Setting("metrics-address", "metrics_address", "config", lambda v, n: _listen(v, n),
             "metricsAddress"),
     Setting("scheduler", "scheduler", "vs", lambda v, n: parse_choice(v, n, SCHEDULERS), "scheduler"),
-    Setting("mode", "mode", "vs", lambda v, n: parse_mode(str(v), n), "mode"),
+    Setting("mode", "mode", "vs", parse_mode, "mode"),
     Setting("health-type", "type", "health", lambda v, n: parse_choice(v, n, HEALTH_TYPES), "type"),
     Setting("health-path", "path", "health", _path, "path"),
     Setting("health-schem", "scheme", "health", lambda v, n: parse_choice(v, n, ("http", "https")),
             "scheme"),
-    Setting("health-req-method", "method", "health", lambda v, n: str(v).upper(), "method"),
+    Setting("health-req-method", "method", "health", _method, "method"),
     Setting("health-req-headers", "headers", "health", parse_headers, "headers"),
-    Setting("health-req-body", "body", "health", lambda v, n: str(v), "body"),
+    Setting("health-req-body", "body", "health", _body, "body"),
     Setting("health-status", "status", "health", parse_status_codes, "status"),
     Setting("health-insecure-skip-verify", "insecure_skip_verify", "health", parse_bool,
             "insecureSkipVerify"),
-    Setting("health-timeout", "timeout", "health", _timeout, "timeout"),
+    Setting("health-timeout", "timeout", "health", _duration(0.01, 60), "timeout"),
     Setting("health-ca", "ca", "health", _file, "ca"),
     Setting("health-cert", "cert", "health", _file, "cert"),
     Setting("health-key", "key", "health", _file, "key"),
-    Setting("rise", "rise", "health", parse_positive_int, "rise"),
-    Setting("fall", "fall", "health", parse_positive_int, "fall"),
+    Setting("rise", "rise", "health", lambda v, n: parse_positive_int(v, n, 1, 100), "rise"),
+    Setting("fall", "fall", "health", lambda v, n: parse_positive_int(v, n, 1, 100), "fall"),
 )
 SETTINGS_BY_FLAG = {s.flag: s for s in SETTINGS}
 # Other spellings of a flag, accepted as flags and as CARE_* variables: the original spells it
@@ -326,14 +408,16 @@ ALIASES = {"health-scheme": "health-schem"}
 
 
 def _iface(value: Any, name: str) -> str:
-    text = str(value)
-    if not re.fullmatch(r"[A-Za-z0-9_.\-]{1,15}", text):
-        raise UserError(f"{name}: {text!r} is not a valid interface name (1-15 of A-Z a-z 0-9 _ . -)")
+    text = _text(value, name, "an interface name")
+    # The kernel's dev_valid_name(), narrowed to characters that need no quoting anywhere.
+    if not re.fullmatch(r"[A-Za-z0-9_.\-]{1,15}", text) or text in (".", ".."):
+        raise UserError(f"{name}: {show(value)} is not a valid interface name "
+                        "(1-15 of A-Z a-z 0-9 _ . -)")
     return text
 
 
 def _listen(value: Any, name: str) -> str:
-    text = str(value).strip()
+    text = _text(value, name, "an address:port").strip()
     if text in ("", "off", "none"):
         return ""
     if text.startswith(":"):
@@ -353,10 +437,15 @@ def _listen(value: Any, name: str) -> str:
 # YAML file
 
 
-def _check_keys(data: Mapping[str, Any], allowed: set[str], where: str) -> None:
-    unknown = sorted(set(data) - allowed)
+def _check_keys(data: Mapping[Any, Any], allowed: set[str], where: str) -> None:
+    unknown = [k for k in data if k not in allowed]
     if unknown:
-        raise UserError(f"{where}: unknown key {unknown[0]!r} (allowed: {', '.join(sorted(allowed))})")
+        key = unknown[0]
+        # Name the key only when it looks like one: a file that is not ours (--config
+        # /etc/shadow) must not have its lines printed as "unknown keys".
+        shown = show(key) if isinstance(key, str) and re.fullmatch(r"[A-Za-z][A-Za-z0-9_-]{0,39}", key) \
+            else "that is not a setting name"
+        raise UserError(f"{where}: unknown key {shown} (allowed: {', '.join(sorted(allowed))})")
 
 
 _VS_KEYS = {"vs", "realServers", "scheduler", "mode", "health"}
@@ -367,14 +456,28 @@ _TOP_KEYS = (
 )
 
 
+class _Loader(yaml.SafeLoader):
+    """Safe YAML without aliases: a configuration needs none, and an alias bomb is the only
+    way for a small file to expand into gigabytes."""
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()  # type: ignore[no-untyped-call]
+            raise yaml.composer.ComposerError(None, None, "aliases (*name) are not allowed",
+                                              event.start_mark)
+        return super().compose_node(parent, index)
+
+
 def load_yaml(text: str, source: str) -> dict[str, Any]:
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_Loader)  # a SafeLoader
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark is not None else ""
         problem = getattr(exc, "problem", None) or "not valid YAML"
         raise UserError(f"{source}{where}: {problem}") from None
+    except RecursionError:
+        raise UserError(f"{source}: nested too deeply") from None
     if data is None:
         data = {}
     if not isinstance(data, dict):
@@ -490,7 +593,7 @@ def build_config(
     flag_rs: tuple[RealServer, ...] | None = None
     if "rs" in given:
         raw, name = given["rs"]
-        flag_rs = tuple(RealServer(parse_endpoint(r, name)) for r in split_list(raw))
+        flag_rs = tuple(RealServer(parse_endpoint(r, name)) for r in split_list(raw, name))
     flag_endpoint = parse_endpoint(given["vs"][0], given["vs"][1]) if "vs" in given else None
 
     if flag_endpoint is not None or flag_rs is not None:
@@ -525,14 +628,14 @@ def build_config(
             if rs.endpoint in seen_rs:
                 raise UserError(f"{where}: real server {rs.endpoint} is listed twice")
             seen_rs.add(rs.endpoint)
+            if rs.endpoint.ip == endpoint.ip:
+                raise UserError(f"{where}: real server {rs.endpoint} is the VIP itself")
             if rs.endpoint.ip.version != endpoint.ip.version:
                 raise UserError(f"{where}: real server {rs.endpoint} is IPv{rs.endpoint.ip.version} "
                                 f"but virtual server {endpoint} is IPv{endpoint.ip.version}")
         hc = HealthCheck(**health)
         if (hc.cert is None) != (hc.key is None):
             raise UserError(f"{where}: --health-cert and --health-key go together")
-        if hc.timeout <= 0:
-            raise UserError(f"{where}: health timeout must be more than zero")
         virtual_servers.append(VirtualServer(endpoint, tuple(rss), health=hc, **settings))
 
     cfg = Config(virtual_servers=tuple(virtual_servers), **{**top, **flag_config},

@@ -19,6 +19,7 @@ import contextlib
 import errno as errno_mod
 import os
 import random
+import resource
 import signal
 import time
 from collections.abc import Callable, Iterable
@@ -38,7 +39,7 @@ from lvscare.plan import DelDest, Op, op_key, service_key
 from lvscare.snapshot import Snapshot
 
 if TYPE_CHECKING:
-    from aiohttp import web
+    from lvscare.web import WebServer
 
 log = structlog.get_logger("lvscare")
 
@@ -49,6 +50,15 @@ CONFIRM_FRACTION = 0.25
 IPTABLES_EVERY = 10.0
 SYSCTLS_EVERY = 10.0  # for the metrics; reading them is three small files
 MAX_BACKOFF = 30.0
+
+
+def raise_file_limit(ceiling: int = 1 << 16) -> None:
+    """Raise the soft limit of open files to the hard one: container runtimes start processes at
+    1,024, and a probe must never fail for want of a descriptor."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = min(hard if hard != resource.RLIM_INFINITY else ceiling, ceiling)
+    if soft != resource.RLIM_INFINITY and soft < want:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
 
 
 def _modes(cfg: Config) -> set[str]:
@@ -76,7 +86,7 @@ class Daemon:
         self._sysctls: dict[str, str | None] = {}
         self._sysctls_read: float | None = None
         self._warned: set[str] = set()
-        self._web: web.AppRunner | None = None
+        self._web: WebServer | None = None
 
     @property
     def cfg(self) -> Config:
@@ -98,6 +108,7 @@ class Daemon:
     # -- lifecycle -------------------------------------------------------------------------------
 
     async def run(self) -> int:
+        raise_file_limit()
         world = self.world
         for vs in self.cfg.virtual_servers:
             world.prober.prepare(vs.health)
@@ -153,7 +164,7 @@ class Daemon:
 
     async def _stop_serving(self) -> None:
         if self._web is not None:
-            await self._web.cleanup()
+            await self._web.close()
             self._web = None
 
     # -- reload ----------------------------------------------------------------------------------

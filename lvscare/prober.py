@@ -20,31 +20,14 @@ from dataclasses import dataclass
 import aiohttp
 
 from lvscare.config import Endpoint, HealthCheck
-from lvscare.errors import UserError
 from lvscare.health import Outcome, ProbeResult
+from lvscare.tls import build_ssl_context
 
 
 def _consume(fut: asyncio.Future[None]) -> None:
     # A connection lost with an error sets an exception nobody else reads.
     if not fut.cancelled():
         fut.exception()
-
-
-def build_ssl_context(hc: HealthCheck) -> ssl.SSLContext:
-    """Built once at start-up (reading certificates is blocking I/O); bad files exit 2."""
-    try:
-        ctx = ssl.create_default_context(cafile=hc.ca) if hc.ca else ssl.create_default_context()
-        if hc.insecure_skip_verify and not hc.ca:
-            ctx.check_hostname = False
-            ctx.verify_mode = ssl.CERT_NONE
-        if hc.cert and hc.key:
-            ctx.load_cert_chain(hc.cert, hc.key)
-    except (OSError, ssl.SSLError) as exc:
-        which = "--health-ca" if hc.ca and "cafile" in str(exc).lower() else "health certificate"
-        reason = getattr(exc, "strerror", None) or getattr(exc, "reason", None) or str(exc)
-        paths = ", ".join(p for p in (hc.ca, hc.cert, hc.key) if p)
-        raise UserError(f"{which} ({paths}): {reason}") from None
-    return ctx
 
 
 @dataclass(frozen=True)

@@ -32,7 +32,7 @@ RTM_NEWLINK, RTM_DELLINK, RTM_GETLINK = 16, 17, 18
 RTM_NEWADDR, RTM_DELADDR, RTM_GETADDR = 20, 21, 22
 RTM_NEWROUTE, RTM_DELROUTE, RTM_GETROUTE = 24, 25, 26
 RTA_DST, RTA_OIF, RTA_PRIORITY, RTA_PREFSRC, RTA_TABLE = 1, 4, 6, 7, 15
-IFLA_IFNAME, IFLA_LINKINFO, IFLA_INFO_KIND = 3, 18, 1
+IFLA_IFNAME, IFLA_LINKINFO, IFLA_IFALIAS, IFLA_INFO_KIND = 3, 18, 20, 1
 IFA_ADDRESS, IFA_LOCAL = 1, 2
 IFF_UP = 0x1
 
@@ -116,6 +116,7 @@ class Link:
     index: int
     flags: int
     kind: str | None
+    alias: str | None = None  # IFLA_IFALIAS: how lvscare marks a dummy interface it created
 
 
 def _decode_link(payload: bytes) -> Link:
@@ -123,7 +124,8 @@ def _decode_link(payload: bytes) -> Link:
     attrs = parse_nlas(payload, _IFINFO.size)
     info = parse_nlas(attrs.get(IFLA_LINKINFO, b""))
     kind = info[IFLA_INFO_KIND].rstrip(b"\0").decode() if IFLA_INFO_KIND in info else None
-    return Link(index, flags, kind)
+    alias = attrs[IFLA_IFALIAS].rstrip(b"\0").decode(errors="replace") if attrs.get(IFLA_IFALIAS) else None
+    return Link(index, flags, kind, alias)
 
 
 async def link_get(sock: Socket, name: str) -> Link | None:
@@ -141,6 +143,12 @@ async def link_add_dummy(sock: Socket, name: str) -> None:
     body = (_IFINFO.pack(0, 0, 0, 0, 0) + nla(IFLA_IFNAME, name.encode() + b"\0")
             + nla(IFLA_LINKINFO | NLA_F_NESTED, nla(IFLA_INFO_KIND, b"dummy")))
     await sock.request(RTM_NEWLINK, _ACK | NLM_F_CREATE | NLM_F_EXCL, body)
+
+
+async def link_set_alias(sock: Socket, index: int, alias: str) -> None:
+    # The kernel takes IFLA_IFALIAS when changing a link, not when creating one.
+    await sock.request(RTM_NEWLINK, _ACK, _IFINFO.pack(0, 0, index, 0, 0)
+                       + nla(IFLA_IFALIAS, alias.encode() + b"\0"))
 
 
 async def link_up(sock: Socket, index: int) -> None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -26,7 +27,7 @@ import yaml
 
 from lvscare import __version__
 from lvscare.careflags import load_config, parse_care_args
-from lvscare.config import DEFAULT_VS, METRICS_PORT, parse_endpoint, parse_ip
+from lvscare.config import DEFAULT_VS, METRICS_PORT, parse_endpoint, parse_ip, show
 from lvscare.errors import UserError
 
 DEFAULT_NAME = "kube-sealos-lvscare"
@@ -41,6 +42,31 @@ class StaticPod:
     image: str = DEFAULT_IMAGE
     name: str = DEFAULT_NAME
     options: tuple[str, ...] = field(default=())
+
+
+_NAME = re.compile(r"[a-z0-9](?:[-a-z0-9]{0,61}[a-z0-9])?")
+# The image reference grammar of distribution/reference, without its rarely used corners.
+_LABEL = r"[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?"
+_DOMAIN = rf"{_LABEL}(?:\.{_LABEL})*(?::[0-9]+)?"
+_PATH = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
+_IMAGE = re.compile(rf"(?:{_DOMAIN}/)?{_PATH}(?:/{_PATH})*(?::[\w][\w.-]{{0,127}})?"
+                    r"(?:@[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9a-fA-F]{32,})?")
+# Flags naming files on the node: the pod mounts none of them, so the daemon could not read them.
+_HOST_FILES = ("--config", "--health-ca", "--health-cert", "--health-key")
+
+
+def check_name(name: str) -> str:
+    """A pod name that is also the file name: a DNS label, so no path can come of it."""
+    if not _NAME.fullmatch(name):
+        raise UserError(f"--name: {show(name)} is not a valid pod name "
+                        "(lowercase letters, digits and '-', at most 63)")
+    return name
+
+
+def check_image(image: str, flag: str = "--image") -> str:
+    if len(image) > 255 or not _IMAGE.fullmatch(image):
+        raise UserError(f"{flag}: {show(image)} is not an image reference")
+    return image
 
 
 def real_servers(vip: str, masters: Sequence[str]) -> list[str]:
@@ -74,6 +100,10 @@ def care_args(vip: str, masters: Sequence[str], options: Sequence[str] = ()) -> 
 
 def _check(args: list[str]) -> None:
     # The manifest must not carry arguments that would make the pod crash-loop on every node.
+    for arg in args:
+        if arg.split("=", 1)[0] in _HOST_FILES:
+            raise UserError(f"--options: {show(arg)} names a file on the node, which the pod does "
+                            "not mount")
     try:
         values = parse_care_args(args)
     except UserError as exc:
@@ -87,8 +117,8 @@ def _check(args: list[str]) -> None:
 
 def manifest(pod: StaticPod) -> dict[str, Any]:
     args = care_args(pod.vip, pod.masters, pod.options)
-    if not pod.image or any(c.isspace() for c in pod.image):
-        raise UserError(f"--image: not an image reference: {pod.image!r}")
+    check_image(pod.image)
+    check_name(pod.name)
     lib_modules = {"name": "lib-modules", "mountPath": "/lib/modules", "readOnly": True}
     # iptables (link mode) takes this lock; sharing the host's serialises us with kube-proxy.
     xtables_lock = {"name": "xtables-lock", "mountPath": "/run/xtables.lock"}
@@ -124,6 +154,7 @@ def manifest(pod: StaticPod) -> dict[str, Any]:
                     "allowPrivilegeEscalation": False,
                     "readOnlyRootFilesystem": True,
                     "capabilities": {"drop": ["ALL"], "add": ["NET_ADMIN", "NET_RAW"]},
+                    "seccompProfile": {"type": "RuntimeDefault"},
                 },
                 "resources": {
                     "requests": {"cpu": "10m", "memory": "64Mi"},
@@ -169,6 +200,7 @@ def write_atomic(path: Path, text: str, mode: int = 0o600) -> None:
 
 def set_image(path: Path, image: str) -> str:
     """Rewrite only the image of an existing manifest (``--set-img``, as sealctl)."""
+    check_image(image)
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
         spec = data["spec"]

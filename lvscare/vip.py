@@ -26,7 +26,7 @@ from pathlib import Path
 import structlog
 
 from lvscare import rtnl
-from lvscare.config import IPAddress, VirtualServer
+from lvscare.config import DEFAULT_IFACE, IPAddress, VirtualServer
 from lvscare.errors import KernelError
 from lvscare.netlink import NetlinkError, Socket
 
@@ -178,6 +178,16 @@ async def remove_route(nl: Socket, vip: IPAddress) -> bool:
 # -- link mode: dummy interface ------------------------------------------------------------------
 
 
+# The alias (ip link set DEV alias …) that marks a dummy interface as lvscare's: -C deletes only
+# what carries it. The default name is ours too, for interfaces made before the mark existed.
+OWNER_ALIAS = "lvscare"
+
+
+def owned(link: rtnl.Link, iface: str) -> bool:
+    return link.kind == "dummy" and (
+        link.alias == OWNER_ALIAS or (link.alias is None and iface == DEFAULT_IFACE))
+
+
 async def ensure_dummy_address(nl: Socket, iface: str, vip: IPAddress) -> bool:
     changed = False
     try:
@@ -186,6 +196,7 @@ async def ensure_dummy_address(nl: Socket, iface: str, vip: IPAddress) -> bool:
             await rtnl.link_add_dummy(nl, iface)
             link = await rtnl.link_get(nl, iface)
             assert link is not None
+            await rtnl.link_set_alias(nl, link.index, OWNER_ALIAS)
             changed = True
         if not link.flags & rtnl.IFF_UP:  # needed for an IPv6 VIP to be local
             await rtnl.link_up(nl, link.index)
@@ -203,10 +214,16 @@ async def ensure_dummy_address(nl: Socket, iface: str, vip: IPAddress) -> bool:
 
 
 async def remove_dummy_address(nl: Socket, iface: str, vip: IPAddress) -> bool:
+    """Remove the VIP from ``iface`` and the interface if it is then empty, only if the interface
+    is a dummy lvscare created: ``-C -i kube-ipvs0`` must leave kube-proxy's device alone."""
     changed = False
     try:
         link = await rtnl.link_get(nl, iface)
         if link is None:
+            return False
+        if not owned(link, iface):
+            log.warning("interface not created by lvscare: left as it is", iface=iface, vip=str(vip),
+                        kind=link.kind)
             return False
         if any(a.address == vip for a in await rtnl.addr_dump(nl, link.index)):
             await rtnl.addr_delete(nl, link.index, vip)

@@ -80,7 +80,8 @@ class Care:
     start it with a monotonic clock that reads this many seconds."""
 
     def __init__(self, lab: Lab, *args: str, rs: list[str] | None = None,
-                 vs: str = "10.103.97.2:6443", uptime: float | None = None) -> None:
+                 vs: str = "10.103.97.2:6443", uptime: float | None = None,
+                 wrap: tuple[str, ...] = ()) -> None:
         self.lab = lab
         self.log = lab.workdir / f"care-{time.monotonic_ns()}.log"
         argv = ["care", "--log-format", "json", "--metrics-address", "off"]
@@ -89,8 +90,8 @@ class Care:
             for r in (rs if rs is not None else [b.address for b in lab.backends]):
                 argv += ["--rs", r]
         self.argv = [*argv, *args]
-        self.python = [sys.executable, "-m", "lvscare"] if uptime is None else \
-            [sys.executable, "-c", FRESH_CLOCK, str(uptime)]
+        self.python = [*wrap, *([sys.executable, "-m", "lvscare"] if uptime is None else
+                                 [sys.executable, "-c", FRESH_CLOCK, str(uptime)])]
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self, wait_for: list[str] | None = None) -> Care:

@@ -7,6 +7,7 @@ import re
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 from lvscare_rig.topology import Lab
 
@@ -147,5 +148,51 @@ def test_logs_are_json_and_quiet_when_healthy(lab: Lab) -> None:
         down = care.events("real server down")[0]
         assert down["level"] == "info" and down["rs"] == lab.backends[0].address
         assert down["probe"] in ("refused", "reset") and down["reason"]
+    finally:
+        care.stop()
+
+
+FLOOD = r"""
+import socket, sys, time
+held = []
+for _ in range(int(sys.argv[1])):
+    try:
+        held.append(socket.create_connection(("127.0.0.1", 10262), timeout=1))
+    except OSError:
+        pass
+print(len(held), flush=True)
+time.sleep(float(sys.argv[2]))
+"""
+
+
+def test_a_flood_of_idle_web_clients_cannot_starve_the_probes(lab: Lab) -> None:
+    """1,500 idle connections to the metrics port of a daemon whose file limit is 512 soft,
+    1,024 hard (as container runtimes start it): it raises the soft limit, keeps at most a few
+    dozen web connections, and its probes go on: healthy apiservers stay in, a killed one
+    goes out."""
+    care = Care(lab, "--metrics-address", ADDR, wrap=("prlimit", "--nofile=512:1024")).start()
+    try:
+        assert care.proc is not None
+        pid = care.proc.pid  # ip netns exec and prlimit exec the daemon: the same process
+        limits = Path(f"/proc/{pid}/limits").read_text()
+        assert re.search(r"Max open files\s+1024\s+1024", limits), limits
+        flood = subprocess.Popen(lab.node_cmd("prlimit", "--nofile=4096:4096", sys.executable, "-c",
+                                              FLOOD, "1500", "12"), stdout=subprocess.PIPE, text=True)
+        try:
+            assert flood.stdout is not None
+            assert int(flood.stdout.readline()) > 0
+            time.sleep(2)
+            fds = len(list(Path(f"/proc/{pid}/fd").iterdir()))
+            assert fds < 150, fds
+            b = lab.backends[2]
+            lab.kill(b)
+            wait(lambda: b.address not in lab.ipvsadm(), 10, care)
+            downs = [e["rs"] for e in care.events("real server down")]
+            assert downs == [b.address], care.events("real server down")
+        finally:
+            flood.kill()
+            flood.wait()
+        wait(lambda: get(lab, "/healthz") == (200, "ok"), 10, care)
+        assert not [e for e in care.events() if "Too many open files" in json.dumps(e)]
     finally:
         care.stop()

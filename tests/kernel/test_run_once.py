@@ -189,3 +189,34 @@ def test_bad_input_changes_nothing(lab: Lab) -> None:
         assert len(proc.stderr.strip().splitlines()) == 1
     assert ipvsadm_table(lab) == {}
     assert lab.run("ip", "route", "show", "table", "all", "proto", "76").stdout.strip() == ""
+
+
+def test_clean_leaves_an_interface_lvscare_did_not_create(lab: Lab) -> None:
+    """``-C -i kube-ipvs0`` must not take the VIP off kube-proxy's device, nor delete it; an
+    interface lvscare made under another name carries its mark and goes."""
+    lab.run("ip", "link", "add", "kube-ipvs0", "type", "dummy")
+    lab.run("ip", "addr", "add", f"{VIP}/32", "dev", "kube-ipvs0")
+    proc = lab.lvscare("care", "-C", "--vs", f"{VIP}:6443", "-i", "kube-ipvs0")
+    assert proc.returncode == 0, proc.stderr
+    assert f"{VIP}/32" in lab.run("ip", "-o", "addr", "show", "dev", "kube-ipvs0").stdout
+    assert "not created by lvscare" in proc.stderr
+    run_once(lab, "--iface", "lvs-other", mode="link")
+    assert "alias lvscare" in lab.run("ip", "-d", "link", "show", "lvs-other").stdout
+    assert lab.lvscare("care", "-C", "--vs", f"{VIP}:6443", "-i", "lvs-other").returncode == 0
+    assert lab.run("ip", "link", "show", "lvs-other", check=False).returncode != 0
+    assert lab.run("ip", "link", "show", "kube-ipvs0").returncode == 0
+
+
+def test_a_certificate_run_once_cannot_read_changes_nothing(lab: Lab) -> None:
+    """--run-once reads the probes' certificates as the daemon will: rules without a daemon
+    that can keep them healthy are not created."""
+    fifo = lab.workdir / "ca.fifo"
+    import os
+
+    os.mkfifo(fifo)
+    for bad in (["--health-ca", "/nonexistent/ca.crt"], ["--health-ca", str(fifo)]):
+        proc = lab.lvscare("care", "--run-once", "--vs", f"{VIP}:6443", "--rs", lab.backends[0].address,
+                           *bad, timeout=30)
+        assert proc.returncode == 2, (bad, proc.stderr)
+        assert len(proc.stderr.strip().splitlines()) == 1 and "--health-ca" in proc.stderr
+    assert ipvsadm_table(lab) == {}

@@ -101,7 +101,7 @@ def test_headers_parse() -> None:
     ({}, "no virtual server"),
     ({"vs": VS, "rs": ["10.0.0.1:6443"], "run-once": "true", "clean": "true"}, "together"),
     ({"vs": VS, "rs": ["10.0.0.1:6443"], "health-cert": "/c"}, "go together"),
-    ({"vs": VS, "rs": ["10.0.0.1:6443"], "health-timeout": "0"}, "more than zero"),
+    ({"vs": VS, "rs": ["10.0.0.1:6443"], "health-timeout": "0"}, "out of range 10ms-60s"),
     ({"vs": VS, "rs": ["10.0.0.1:6443"], "health-status": ["99"]}, "not an HTTP status"),
     ({"vs": VS, "rs": ["10.0.0.1:6443"], "iface": "a/b"}, "interface name"),
     ({"vs": VS, "rs": ["10.0.0.1:6443"], "ip": "fd00::1"}, "--ip fd00::1 is IPv6"),

@@ -128,3 +128,25 @@ def test_a_missing_capability_is_reported(monkeypatch) -> None:  # type: ignore[
     monkeypatch.setattr(socket, "socket", refuse)
     with pytest.raises(PermissionError):
         Nudger().expire(ep("10.103.97.2:6443"), [ep("10.200.99.2:40000")])
+
+
+async def test_no_reset_packet_leaves_a_node_in_mode_none(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """In mode none the VIP is not local: a packet to it would go out to the network."""
+    from lvscare import clientreset
+    from lvscare.config import RealServer, VirtualServer
+
+    def table(*args: object, **kw: object) -> dict[object, list[Endpoint]]:
+        return {(V4, ep("10.200.3.2:6443")): [ep("10.200.1.1:54000")]}
+
+    sent: list[bytes] = []
+    monkeypatch.setattr(clientreset, "read_clients", table)
+    monkeypatch.setattr(Nudger, "_send", lambda self, data, to: sent.append(data))
+    reset = clientreset.ClientReset()
+    vs = VirtualServer(V4, (RealServer(ep("10.200.3.2:6443")),), mode="none")
+    assert (await reset.reset([(vs, ep("10.200.3.2:6443"))])).clients == {}
+    assert sent == []
+    routed = VirtualServer(V4, vs.real_servers, mode="route")
+    assert (await reset.reset([(routed, ep("10.200.3.2:6443"))])).clients == {
+        (V4, ep("10.200.3.2:6443")): 1}
+    assert len(sent) == 2
+    reset.close()

@@ -65,4 +65,4 @@ def test_link_decoder_reads_kind() -> None:
     msg["index"], msg["flags"] = 9, 1
     msg["attrs"] = [("IFLA_IFNAME", "lvscare"), ("IFLA_LINKINFO", {"attrs": [("IFLA_INFO_KIND", "dummy")]})]
     msg.encode()
-    assert rtnl._decode_link(bytes(msg.data[16:])) == rtnl.Link(9, 1, "dummy")
+    assert rtnl._decode_link(bytes(msg.data[16:])) == rtnl.Link(9, 1, "dummy", None)

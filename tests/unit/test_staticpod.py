@@ -34,6 +34,7 @@ def test_daemon_runs_with_net_admin_only_and_the_init_container_is_the_run_once(
     assert spec["hostNetwork"] is True and spec["priorityClassName"] == "system-node-critical"
     assert main_c["securityContext"]["privileged"] is False
     assert main_c["securityContext"]["capabilities"] == {"drop": ["ALL"], "add": ["NET_ADMIN", "NET_RAW"]}
+    assert main_c["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
     assert main_c["resources"]["limits"] and main_c["resources"]["requests"]
     assert main_c["livenessProbe"]["httpGet"] == {"host": "127.0.0.1", "port": 10262, "path": "/healthz"}
     assert init["args"] == [*main_c["args"], "--run-once"]
@@ -81,6 +82,16 @@ def test_bare_master_addresses_take_the_vip_port() -> None:
     (["--masters", "10.0.0.2", "--options=--run-once"], "--run-once and -C make no sense"),
     (["--masters", "10.0.0.2", "--options=--bogus"], "lvscare care would reject it: unrecognized"),
     (["--masters", "fd00::1"], "is IPv6 but virtual server 10.103.97.2:6443 is IPv4"),
+    (["--masters", "10.0.0.2", "--name", "../../etc/cron.d/x"],
+     "--name: '../../etc/cron.d/x' is not a valid pod name"),
+    (["--masters", "10.0.0.2", "--name", "a\nb"], "is not a valid pod name"),
+    (["--masters", "10.0.0.2", "--name", "Upper"], "is not a valid pod name"),
+    (["--masters", "10.0.0.2", "--image", "not an image"],
+     "--image: 'not an image' is not an image reference"),
+    (["--masters", "10.0.0.2", "--image", "Lvscare:1"], "is not an image reference"),
+    (["--masters", "10.0.0.2", "--options=--health-ca=/etc/pki/ca.crt"], "names a file on the node"),
+    (["--masters", "10.0.0.2", "--options", "--config /etc/lvscare.yaml"], "names a file on the node"),
+    (["--set-img", "--image", "a b"], "--image: 'a b' is not an image reference"),
 ])
 def test_bad_input_is_one_line_and_exit_2(args: list[str], message: str, tmp_path: Path) -> None:
     p = subprocess.run([sys.executable, "-m", "lvscare", "static-pod", "--path", str(tmp_path), *args],
@@ -88,3 +99,10 @@ def test_bad_input_is_one_line_and_exit_2(args: list[str], message: str, tmp_pat
     assert p.returncode == 2
     assert len(p.stderr.splitlines()) == 1 and message in p.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("image", [
+    "lvscare", "ghcr.io/lvscare/lvscare:v0.1.0", "localhost:5000/a/b_c:1.0",
+    "registry.k8s.io/x@sha256:" + "a" * 64, "docker.io/labring/lvscare:v4.1.3"])
+def test_image_references_that_are_valid(image: str) -> None:
+    assert staticpod.check_image(image) == image
