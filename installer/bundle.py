@@ -101,21 +101,43 @@ def build(dest: Path | None = None) -> Bundle:
 
     Compiling takes seconds, so the result is kept in ``dest`` (default: the user's cache) under
     a fingerprint of the inputs (paths, sizes, mtimes, Python version) and reused while it holds.
+    It goes to every node and runs there as root, so a cached file is used only from a directory
+    nobody else can write, and only when its content still has the digest in its name.
     """
     entries = _entries()
     h = hashlib.sha256(f"{_FORMAT} {sys.version}".encode())
     for name in sorted(entries):
         st = entries[name].stat()
         h.update(f"{name} {st.st_size} {st.st_mtime_ns}\n".encode())
+    fingerprint = h.hexdigest()[:16]
     dest = dest or cache_dir()
-    out = dest / f"lvscare-{h.hexdigest()[:16]}.pyz"
-    if not out.exists():
-        dest.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_name(f".{out.name}.{os.getpid()}")
-        _write(tmp, entries)
-        os.replace(tmp, out)
-    data = out.read_bytes()
-    return Bundle(out, hashlib.sha256(data).hexdigest(), len(data))
+    _private(dest)
+    for cached in dest.glob(f"lvscare-{fingerprint}-*.pyz"):
+        data = cached.read_bytes()
+        digest = hashlib.sha256(data).hexdigest()
+        if cached.name == f"lvscare-{fingerprint}-{digest[:16]}.pyz":
+            return Bundle(cached, digest, len(data))
+        cached.unlink()  # changed since it was written: build it again
+    tmp = dest / f".lvscare-{fingerprint}.{os.getpid()}"
+    _write(tmp, entries)
+    data = tmp.read_bytes()
+    digest = hashlib.sha256(data).hexdigest()
+    out = dest / f"lvscare-{fingerprint}-{digest[:16]}.pyz"
+    os.replace(tmp, out)
+    return Bundle(out, digest, len(data))
+
+
+class CacheError(Exception):
+    """The bundle cache cannot be trusted."""
+
+
+def _private(directory: Path) -> None:
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    st = directory.stat()
+    if st.st_uid != os.geteuid():
+        raise CacheError(f"bundle cache {directory} belongs to another user; set XDG_CACHE_HOME")
+    if st.st_mode & 0o022:
+        directory.chmod(0o700)  # ours: make it private before anything in it is used
 
 
 def _write(out: Path, entries: dict[str, Path]) -> None:

@@ -7,7 +7,9 @@ Exit codes: 0 every node done, 1 some node failed (the table names the step and 
 from __future__ import annotations
 
 import argparse
+import logging
 import os
+import re
 import sys
 import threading
 from collections.abc import Sequence
@@ -62,6 +64,8 @@ def make_parser() -> argparse.ArgumentParser:
     join.add_argument("--master", action="append", default=[], help="apiserver address; repeatable")
     join.add_argument("--image", default=None, help="lvscare image for the static pod")
     join.add_argument("--pkg-url", default=None, help="offline package (file or http(s) URL) with init.sh")
+    join.add_argument("--pkg-sha256", default=None,
+                      help="sha256sum of the package; required with --pkg-url (init.sh runs as root)")
     join.add_argument("--options", action="append", default=[],
                       help="extra lvscare care arguments for the static pod, e.g. --options=--mode=link")
     join.add_argument("--dry-run", action="store_true", help="print the plan per node, change nothing")
@@ -90,37 +94,103 @@ def _ip(value: str, flag: str) -> str:
         raise UsageError(str(exc)) from None
 
 
-def _nodes(values: Sequence[str]) -> tuple[str, ...]:
-    from installer.remote import split_host
+# A host name as DNS has them; it cannot start with "-", so ssh could never read it as an option.
+_HOSTNAME = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,62})(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,62}))*\.?")
+_USER = re.compile(r"[a-z_][a-z0-9_.-]{0,31}")
 
+
+def _node(text: str) -> tuple[str, int]:
+    """``host``, ``host:port`` or ``[v6]:port``, as (host, port); a user or anything that is not a
+    host name or an address is refused."""
+    from installer.remote import split_host
+    from lvscare.config import show
+
+    if "@" in text:
+        raise UsageError(f"--node: {show(text)}: give the user with --user, not user@host")
+    try:
+        host, port = split_host(text)
+    except ValueError:
+        raise UsageError(f"--node: {show(text)} has no valid port") from None
+    if not 1 <= port <= 65535:
+        raise UsageError(f"--node: {show(text)} has a port out of range 1-65535")
+    if ":" in host:
+        return str(_ip(host, "--node")), port
+    if not _HOSTNAME.fullmatch(host) or len(host) > 253:
+        raise UsageError(f"--node: {show(text)} is not host[:port]")
+    return host.lower().rstrip("."), port
+
+
+def _nodes(values: Sequence[str]) -> tuple[str, ...]:
     nodes = [n.strip() for v in values for n in v.split(",") if n.strip()]
     if not nodes:
         raise UsageError("--node: at least one node is needed")
+    seen: dict[tuple[str, int], str] = {}
     for n in nodes:
-        try:
-            host, port = split_host(n)
-        except ValueError:
-            raise UsageError(f"--node: {n!r} has no valid port") from None
-        if not host or not 1 <= port <= 65535:
-            raise UsageError(f"--node: {n!r} is not host[:port]")
-    dup = {n for n in nodes if nodes.count(n) > 1}
-    if dup:
-        raise UsageError(f"--node: {', '.join(sorted(dup))} given twice")
+        key = _node(n)
+        if key in seen:  # 10.0.0.5 and 10.0.0.5:22 are one node: two runs would race on it
+            raise UsageError(f"--node: {seen[key]} and {n} are the same node")
+        seen[key] = n
     return tuple(nodes)
 
 
 def _password(args: argparse.Namespace) -> str | None:
+    from lvscare.config import show
+
     if args.passwd_file:
         try:
-            return Path(args.passwd_file).read_text(encoding="utf-8").splitlines()[0]
-        except (OSError, IndexError) as exc:
-            raise UsageError(f"--passwd-file: cannot read a password from {args.passwd_file}"
-                             + (f": {exc.strerror}" if isinstance(exc, OSError) else "")) from None
+            first = Path(args.passwd_file).read_text(encoding="utf-8").splitlines()[:1]
+        except OSError as exc:
+            raise UsageError(f"--passwd-file: cannot read {show(args.passwd_file)}: "
+                             f"{exc.strerror}") from None
+        except (UnicodeDecodeError, ValueError):
+            raise UsageError(f"--passwd-file: {show(args.passwd_file)} is not UTF-8 text") from None
+        if not first or not first[0]:
+            raise UsageError(f"--passwd-file: the first line of {show(args.passwd_file)} is empty")
+        return first[0]
     if args.passwd is not None:
         print("installer: warning: --passwd is visible to other users in the process list; "
               f"prefer --passwd-file or ${PASSWORD_ENV}", file=sys.stderr)
         return str(args.passwd)
-    return os.environ.get(PASSWORD_ENV)
+    return os.environ.get(PASSWORD_ENV) or None
+
+
+def _node_path(value: str, flag: str) -> str:
+    """A path on the node: absolute, printable, and no way for it to read as an option."""
+    from lvscare.config import show
+
+    if not value.startswith("/") or not value.isprintable() or "\n" in value:
+        raise UsageError(f"{flag}: {show(value)} must be an absolute path on the node")
+    return value
+
+
+def _package(args: argparse.Namespace) -> tuple[str | None, str | None]:
+    """--pkg-url and the checksum it must come with: init.sh runs as root on every node."""
+    from lvscare.config import show
+
+    pkg, digest = getattr(args, "pkg_url", None), getattr(args, "pkg_sha256", None)
+    if not pkg:
+        if digest:
+            raise UsageError("--pkg-sha256 goes with --pkg-url")
+        return None, None
+    if not digest:
+        raise UsageError("--pkg-url needs --pkg-sha256 (sha256sum of the package): its init.sh "
+                         "runs as root on every node")
+    digest = digest.strip().lower()
+    if not re.fullmatch(r"[0-9a-f]{64}", digest):
+        raise UsageError(f"--pkg-sha256: {show(digest)} is not a SHA-256 in hex")
+    if pkg.startswith(("http://", "https://")):
+        if not pkg.isprintable() or any(c.isspace() for c in pkg):
+            raise UsageError(f"--pkg-url: {show(pkg)} is not a URL")
+        return pkg, digest
+    if not Path(pkg).is_file():
+        raise UsageError(f"--pkg-url: {show(pkg)} is not a file or an http(s) URL")
+    import hashlib
+
+    with open(pkg, "rb") as fh:
+        actual = hashlib.file_digest(fh, "sha256").hexdigest()
+    if actual != digest:
+        raise UsageError(f"--pkg-url: {show(pkg)} has sha256 {actual}, not the --pkg-sha256 given")
+    return pkg, digest
 
 
 def _key(path: str | None) -> str | None:
@@ -133,8 +203,9 @@ def _key(path: str | None) -> str | None:
         paramiko.PKey.from_path(p)
     except OSError as exc:
         raise UsageError(f"--pk: cannot read {p}: {exc.strerror}") from None
-    except paramiko.PasswordRequiredException:
-        raise UsageError(f"--pk: {p} is encrypted; load it into an agent-free decrypted copy") from None
+    except (paramiko.PasswordRequiredException, TypeError):
+        # TypeError: cryptography's word for an OpenSSH key with a passphrase.
+        raise UsageError(f"--pk: {p} is encrypted; give a copy without a passphrase") from None
     except (paramiko.SSHException, ValueError) as exc:
         raise UsageError(f"--pk: {p} is not a usable private key ({exc})") from None
     return str(p)
@@ -153,12 +224,13 @@ def build(args: argparse.Namespace) -> tuple[Plan, Auth]:
     port = _int(args.port, "--port", 1, 65535)
     parallel = _int(args.parallel, "--parallel", 1, 1000)
     timeout = _int(args.connect_timeout, "--connect-timeout", 1, 600)
-    pkg = getattr(args, "pkg_url", None)
-    if pkg and not pkg.startswith(("http://", "https://")) and not Path(pkg).is_file():
-        raise UsageError(f"--pkg-url: {pkg} is not a file or an http(s) URL")
+    pkg, pkg_sha256 = _package(args)
     for flag in ("manifest_path", "hosts_path", "bin_path", "state_dir"):
-        if not getattr(args, flag).startswith("/"):
-            raise UsageError(f"--{flag.replace('_', '-')}: must be an absolute path on the node")
+        _node_path(getattr(args, flag), f"--{flag.replace('_', '-')}")
+    if not _USER.fullmatch(args.user):
+        from lvscare.config import show
+
+        raise UsageError(f"--user: {show(args.user)} is not a user name")
     password = _password(args)
     key = _key(args.pk)
     if password is None and key is None and not args.__dict__.get("dry_run"):
@@ -166,7 +238,8 @@ def build(args: argparse.Namespace) -> tuple[Plan, Auth]:
     paths = Paths(manifests=args.manifest_path.rstrip("/"), hosts=args.hosts_path,
                   binary=args.bin_path, state=args.state_dir.rstrip("/"))
     plan = Plan(masters=masters, nodes=nodes, user=args.user, vip=vip, port=port,
-                image=getattr(args, "image", None) or "", pkg=pkg, parallel=parallel, paths=paths,
+                image=getattr(args, "image", None) or "", pkg=pkg, pkg_sha256=pkg_sha256,
+                parallel=parallel, paths=paths,
                 options=tuple(o for v in getattr(args, "options", []) for o in v.split()))
     auth = Auth(user=args.user, password=password, key_file=key, known_hosts=args.known_hosts,
                 accept_new=args.accept_new_host_keys, connect_timeout=timeout, staging=paths.state)
@@ -203,7 +276,10 @@ def cmd_join(args: argparse.Namespace) -> int:
         return 0
     from installer import bundle, steps
 
-    b = bundle.build()
+    try:
+        b = bundle.build()
+    except bundle.CacheError as exc:
+        raise UsageError(str(exc)) from None
     inp = steps.Inputs(plan=plan, auth=auth, bundle=b, manifest_name=name,
                        manifest=manifest, token=steps.TokenSource(plan, auth))
     results = steps.join(inp, _progress())
@@ -222,6 +298,9 @@ def cmd_clean(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    # paramiko logs a node that does not speak SSH as a traceback on stderr; the result table
+    # says it in one line.
+    logging.getLogger("paramiko").setLevel(logging.CRITICAL + 1)
     parser = make_parser()
     try:
         args = parser.parse_args(argv)

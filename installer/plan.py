@@ -44,6 +44,7 @@ class Plan:
     port: int = DEFAULT_PORT
     image: str = ""
     pkg: str | None = None
+    pkg_sha256: str | None = None
     parallel: int = 10
     paths: Paths = field(default_factory=Paths)
     options: tuple[str, ...] = ()

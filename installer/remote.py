@@ -8,7 +8,6 @@
 
 from __future__ import annotations
 
-import io
 import secrets
 import shlex
 import threading
@@ -172,10 +171,16 @@ class Remote:
             self._staged = True
         src = f"{staging}/.lvscare-upload-{secrets.token_hex(6)}"
         try:
-            self._sftp().putfo(io.BytesIO(data), src)
+            with self._sftp().open(src, "wb") as fh:
+                # Private before the first byte: a join token never sits readable by others,
+                # whatever the staging directory's mode or the account's umask.
+                fh.chmod(0o600)
+                fh.write(data)
         except OSError as exc:
             raise RemoteError(f"cannot upload to {src}: {exc.strerror or exc}") from None
         d, name = path.rsplit("/", 1)
         staged = f"{d}/.{name}.lvscare-new"
-        self.run(f"trap 'rm -f {q(src)}' EXIT; mkdir -p {q(d)} && install -m {mode:o} {q(src)} {q(staged)} "
-                 f"&& mv -f {q(staged)} {q(path)}")
+        # Every argument quoted once for its own place: the trap's command is itself a word.
+        cleanup = q(f"rm -f -- {q(src)}")
+        self.run(f"trap {cleanup} EXIT; mkdir -p -- {q(d)} && install -m {mode:o} -- {q(src)} {q(staged)} "
+                 f"&& mv -f -- {q(staged)} {q(path)}")

@@ -6,7 +6,6 @@ failure finishes the job. A step reports "done" (it changed the node) or "ok" (a
 
 from __future__ import annotations
 
-import hashlib
 import shlex
 import threading
 import time
@@ -86,10 +85,6 @@ class TokenSource:
             return self._value
 
 
-def _sha256(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
 def _write_if_changed(r: Remote, path: str, text: str, mode: int) -> str:
     if r.read(path) == text:
         return "ok"
@@ -105,34 +100,33 @@ def step_preflight(r: Remote, inp: Inputs) -> str:
 
 
 def step_package(r: Remote, inp: Inputs) -> str:
-    pkg = inp.plan.pkg
-    if not pkg:
+    pkg, digest = inp.plan.pkg, inp.plan.pkg_sha256
+    if not pkg or not digest:
         return "skipped"
     state = f"{inp.plan.paths.state}/pkg"
-    if pkg.startswith(("http://", "https://")):
-        key = _sha256(pkg.encode())[:16]
-        fetch = ("python3 -c 'import sys, urllib.request; "
-                 "urllib.request.urlretrieve(sys.argv[1], sys.argv[2])' " + q(pkg) + f" {q(state)}/{key}.tgz")
-        data = None
-    else:
-        data = Path(pkg).read_bytes()
-        key = _sha256(data)[:16]
-        fetch = ""
-    work = f"{state}/{key}"
+    # Keyed by content: a changed package at the same URL is applied; the same one is not again.
+    key = digest[:16]
+    work, archive = f"{state}/{key}", f"{state}/{key}.tgz"
     code, _, _ = r.run(f"[ -e {q(work)}/.lvscare-done ]", check=False)
     if code == 0:
         return "ok"
-    r.run(f"mkdir -p {q(state)}")
-    if data is not None:
-        r.write(f"{state}/{key}.tgz", data, 0o600)
+    r.run(f"mkdir -p -m 700 -- {q(state)}")
+    if pkg.startswith(("http://", "https://")):
+        r.run("python3 -c 'import sys, urllib.request; urllib.request.urlretrieve(sys.argv[1], "
+              f"sys.argv[2])' {q(pkg)} {q(archive)}", timeout=600)
     else:
-        r.run(fetch, timeout=600)
-    r.run(f"rm -rf {q(work)} && mkdir -p {q(work)} && tar -xzf {q(state)}/{key}.tgz -C {q(work)}")
+        r.write(archive, Path(pkg).read_bytes(), 0o600)
+    _, out, _ = r.run(f"sha256sum -- {q(archive)}")
+    if out.split()[:1] != [digest]:
+        r.run(f"rm -f -- {q(archive)}", check=False)
+        raise RemoteError(f"package {pkg}: sha256 {out.split()[:1]} is not the --pkg-sha256 given; "
+                          "nothing of it ran")
+    r.run(f"rm -rf -- {q(work)} && mkdir -p -- {q(work)} && tar -xzf {q(archive)} -C {q(work)}")
     # init.sh at the top of the package or a level or two down (sealos packages: kube/shell/init.sh).
-    r.run(f"cd {q(work)} && s=$(find . -maxdepth 3 -name init.sh | awk '{{print length, $0}}' | sort -n "
+    r.run(f"cd -- {q(work)} && s=$(find . -maxdepth 3 -name init.sh | awk '{{print length, $0}}' | sort -n "
           f"| head -1 | cut -d' ' -f2-) && [ -n \"$s\" ] && cd \"$(dirname \"$s\")\" && sh ./init.sh",
           timeout=1800)
-    r.run(f"touch {q(work)}/.lvscare-done")
+    r.run(f"touch -- {q(work)}/.lvscare-done")
     return "done"
 
 
@@ -232,26 +226,32 @@ def clean_steps(plan: Plan, manifest_name: str) -> list[tuple[str, Callable[[Rem
             ("lvscare", lvscare)]
 
 
+def _redact(auth: Auth, text: str) -> str:
+    return redact(text, [auth.password] if auth.password else [])
+
+
 def _run_node(node: str, auth: Auth, steps: Sequence[tuple[str, Callable[[Remote], str]]],
               progress: Progress) -> NodeResult:
     res = NodeResult(node)
     start = time.monotonic()
-    r = Remote(node, auth)
+    r: Remote | None = None
     step = "connect"
     try:
+        r = Remote(node, auth)
         r.open()
         for step, fn in steps:
             t = time.monotonic()
             res.steps[step] = fn(r)
             progress(node, step, f"{res.steps[step]} ({time.monotonic() - t:.1f}s)")
     except RemoteError as exc:
-        res.failed_step, res.error = step, r.redact(str(exc))
+        res.failed_step, res.error = step, _redact(auth, str(exc))
         progress(node, step, f"FAILED: {res.error}")
     except Exception as exc:  # a bug must fail one node, not the run
-        res.failed_step, res.error = step, r.redact(f"{type(exc).__name__}: {exc}")
+        res.failed_step, res.error = step, _redact(auth, f"{type(exc).__name__}: {exc}".splitlines()[0])
         progress(node, step, f"FAILED: {res.error}")
     finally:
-        r.close()
+        if r is not None:
+            r.close()
         res.seconds = time.monotonic() - start
     return res
 

@@ -40,6 +40,12 @@ def lab2() -> Iterator[SshLab]:
     lab.close()
 
 
+def _digest(path: Path) -> str:
+    import hashlib
+
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
 def _package(tmp: Path) -> Path:
     """An offline package shaped like sealos' kube*.tar.gz: kube/shell/init.sh."""
     path = tmp / "kube.tar.gz"
@@ -56,6 +62,7 @@ def test_join_programs_the_node_then_rerun_changes_nothing_then_clean_undoes_it(
     master, node = lab2.nodes
     pkg = _package(tmp_path)
     args = ["join", "--master", master.address, "--node", node.address, "--pkg-url", str(pkg),
+            "--pkg-sha256", _digest(pkg),
             *lab2.flags()]
     first = installer(*args)
     assert first.returncode == 0, first.stdout + first.stderr
@@ -149,6 +156,7 @@ def test_password_auth_and_a_wrong_password(lab2: SshLab, tmp_path: Path) -> Non
     try:
         url = f"http://10.210.2.1:{server.server_address[1]}/{pkg.name}"
         good = installer("join", "--master", master.address, "--node", node.address, "--pkg-url", url,
+                         "--pkg-sha256", _digest(pkg),
                          *flags, env={**_env(), "LVSCARE_SSH_PASSWORD": PASSWORD})
     finally:
         server.shutdown()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import subprocess
 import sys
 import zipfile
@@ -131,22 +133,49 @@ def test_dry_run_prints_the_plan_per_node_and_needs_no_credentials() -> None:
     (["join", "--master", "m1", "--node", "n1"], "--master: 'm1' is not an IP address"),
     (["join", "--master", "10.0.0.2", "--node", "n1", "--port", "70000"], "--port: 70000 is out of range"),
     (["join", "--master", "10.0.0.2", "--node", "n1"], "give --pk, --passwd-file"),
-    (["join", "--master", "10.0.0.2", "--node", "n1", "--node", "n1", "--pk", "K"], "n1 given twice"),
+    (["join", "--master", "10.0.0.2", "--node", "n1", "--node", "n1", "--pk", "K"],
+     "n1 and n1 are the same node"),
+    (["join", "--master", "10.0.0.2", "--node", "10.0.0.5", "--node", "10.0.0.5:22", "--pk", "K"],
+     "10.0.0.5 and 10.0.0.5:22 are the same node"),
+    (["join", "--master", "10.0.0.2", "--node", "-oProxyCommand=touch /tmp/x", "--dry-run"],
+     "is not host[:port]"),
+    (["join", "--master", "10.0.0.2", "--node", "a b", "--dry-run"], "--node: 'a b' is not host[:port]"),
+    (["join", "--master", "10.0.0.2", "--node", "root@n1", "--dry-run"], "not user@host"),
+    (["join", "--master", "10.0.0.2", "--node", "n1", "--user=-oProxyCommand=x", "--dry-run"],
+     "--user: '-oProxyCommand=x' is not a user name"),
+    (["join", "--master", "10.0.0.2", "--node", "n1", "--vip", "fe80::1%x\n6.6.6.6", "--dry-run"],
+     "--vip: 'fe80::1%x\\n6.6.6.6' has control characters"),
+    (["join", "--master", "10.0.0.2", "--node", "n1", "--vip", "fe80::1%eth0", "--dry-run"],
+     "has a zone id"),
+    (["join", "--master", "10.0.0.2", "--node", "n1", "--dry-run", "--state-dir", "/tmp/a\nb"],
+     "--state-dir: '/tmp/a\\nb' must be an absolute path"),
+    (["join", "--master", "10.0.0.2", "--node", "n1", "--dry-run", "--pkg-url", "https://x/p.tgz"],
+     "--pkg-url needs --pkg-sha256"),
+    (["join", "--master", "10.0.0.2", "--node", "n1", "--dry-run", "--pkg-url", "https://x/p.tgz",
+      "--pkg-sha256", "nope"], "--pkg-sha256: 'nope' is not a SHA-256"),
+    (["join", "--master", "10.0.0.2", "--node", "n1", "--passwd-file", "EMPTY"], "first line of"),
+    (["join", "--master", "10.0.0.2", "--node", "n1", "--passwd-file", "LATIN1"], "is not UTF-8 text"),
+    (["join", "--master", "10.0.0.2", "--node", "n1", "--pk", "ENCRYPTED"], "is encrypted"),
     (["join", "--master", "10.0.0.2", "--node", "n1", "--pk", "/nonexistent"], "--pk: cannot read"),
     (["join", "--master", "10.0.0.2", "--node", "n1", "--passwd-file", "/nonexistent"], "--passwd-file"),
     (["join", "--master", "10.0.0.2", "--node", "n1:x", "--dry-run"], "--node: 'n1:x' has no valid port"),
     (["join", "--master", "10.0.0.2", "--node", "n1", "--dry-run", "--hosts-path", "etc/hosts"],
-     "--hosts-path: must be an absolute path"),
+     "--hosts-path: 'etc/hosts' must be an absolute path"),
     (["join", "--master", "10.0.0.2", "--node", "n1", "--dry-run", "--options=--mode=bogus"],
      "--mode: 'bogus' is not one of"),
-    (["join", "--master", "10.0.0.2", "--node", "n1", "--dry-run", "--pkg-url", "/nonexistent.tgz"],
-     "--pkg-url: /nonexistent.tgz is not a file"),
+    (["join", "--master", "10.0.0.2", "--node", "n1", "--dry-run", "--pkg-url", "/nonexistent.tgz",
+      "--pkg-sha256", "ab" * 32], "--pkg-url: '/nonexistent.tgz' is not a file"),
     (["clean", "--node", "n1", "--pk", "K", "--parallel", "0"], "--parallel: 0 is out of range"),
 ])
 def test_bad_input_is_one_line_and_exit_2(args: list[str], message: str, tmp_path: Path) -> None:
-    key = tmp_path / "key"
+    key, encrypted = tmp_path / "key", tmp_path / "encrypted"
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
-    args = [str(key) if a == "K" else a for a in args]
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "a passphrase", "-f", str(encrypted)],
+                   check=True)
+    (tmp_path / "empty").write_text("\nsecond line\n")
+    (tmp_path / "latin1").write_bytes("pässwort\n".encode("latin-1"))
+    files = {"K": key, "ENCRYPTED": encrypted, "EMPTY": tmp_path / "empty", "LATIN1": tmp_path / "latin1"}
+    args = [str(files[a]) if a in files else a for a in args]
     p = run(*args)
     assert p.returncode == 2, p.stdout + p.stderr
     assert len(p.stderr.splitlines()) == 1 and message in p.stderr, p.stderr
@@ -175,6 +204,12 @@ def test_bundle_runs_on_a_bare_python_with_pure_python_dependencies(tmp_path: Pa
     again = build(tmp_path / "again")
     assert again.sha256 == b.sha256 and again.path != b.path  # reproducible: reruns skip the upload
     assert build(tmp_path).path == b.path  # cached
+    assert (tmp_path.stat().st_mode & 0o077) == 0
+    # A cached bundle that changed after it was written is not uploaded: it is built again.
+    good = b.path.read_bytes()
+    b.path.write_bytes(good.replace(b"lvscare", b"evilcare", 1))
+    rebuilt = build(tmp_path)
+    assert rebuilt.sha256 == b.sha256 and rebuilt.path.read_bytes() == good
     # -I: no site-packages, no user site, no PYTHONPATH; everything must come from the zip.
     v = subprocess.run([sys.executable, "-I", str(b.path), "version", "--short"], capture_output=True,
                        text=True, check=True)
@@ -184,3 +219,108 @@ def test_bundle_runs_on_a_bare_python_with_pure_python_dependencies(tmp_path: Pa
     out = subprocess.run([sys.executable, "-I", "-c", probe, str(b.path)], capture_output=True, text=True,
                          check=True).stdout
     assert out.count(str(b.path)) == 2
+
+
+# Each would create the file PWNED with the shell's own redirection (no command needed) if it
+# ever ran as shell syntax.
+HOSTILE = ["$(>PWNED)", "`>PWNED`", "a'b; >PWNED; '", "x\"; >PWNED; \"", "; >PWNED", "a\n>PWNED",
+           "a b", "-rf", "*"]
+
+
+@pytest.mark.parametrize("hostile", HOSTILE)
+def test_no_field_can_change_the_structure_of_a_remote_command(hostile: str, tmp_path: Path) -> None:
+    """Every command the steps build, with a hostile string in every path, run by a real ``sh``
+    in a scratch directory where every external command is a stub: nothing but the stubs runs,
+    and each receives the hostile string as one argument."""
+    import shlex
+
+    import yaml
+
+    from installer import steps
+    from installer.plan import Paths
+    from installer.remote import Auth, Remote
+    from lvscare import staticpod
+
+    root = tmp_path / "node"
+    root.mkdir()
+    base = f"{root}/{hostile}"
+    paths = Paths(manifests=f"{base}/m", hosts=f"{base}/hosts", binary=f"{base}/bin", state=f"{base}/s")
+    plan = Plan(masters=("10.0.0.2",), nodes=("n1",), user="root", paths=paths)
+    commands: list[str] = []
+
+    class Recording(Remote):
+        def __init__(self) -> None:
+            self.root, self._staged, self.auth = True, True, Auth("root", staging=f"{base}/s")
+
+        def run(self, script: str, *, timeout: float = 300, check: bool = True) -> tuple[int, str, str]:
+            commands.append(script)
+            return 1, "", ""  # "not done yet": every step goes on to its commands
+
+        def _sftp(self):  # type: ignore[no-untyped-def]
+            return _Uploads()
+
+    class _Upload(io.BytesIO):
+        def chmod(self, mode: int) -> None:
+            pass
+
+    class _Uploads:
+        def open(self, path: str, mode: str) -> io.BytesIO:
+            return _Upload()
+
+        def putfo(self, fo: object, path: str) -> None:
+            pass
+
+    manifest = staticpod.render(staticpod.StaticPod(vip=plan.vs, masters=tuple(plan.real_servers)))
+    inputs = steps.Inputs(plan, None, None, "kube-sealos-lvscare", manifest, None)  # type: ignore[arg-type]
+    steps.step_rules(Recording(), inputs)
+    steps.step_manifest(Recording(), inputs)
+    Recording().write(f"{base}/hosts", b"127.0.0.1 localhost\n", 0o644)
+    for _, fn in steps.clean_steps(plan, "kube-sealos-lvscare"):
+        with contextlib.suppress(Exception):  # a step that needed an answer from a stub
+            fn(Recording())
+    assert yaml.safe_load(manifest)
+    stubs = tmp_path / "stubs"
+    stubs.mkdir()
+    log = tmp_path / "argv.log"
+    for name in ("kubeadm", "rm", "sha256sum", "install", "mv", "mkdir", "touch", "tar", "find", "python3"):
+        (stubs / name).write_text("#!/bin/sh\nfor a in \"$@\"; do printf '%s\\n' \"$a\" >> "
+                                  f"{shlex.quote(str(log))}; done\n")
+        (stubs / name).chmod(0o755)
+    assert len(commands) >= 4
+    for script in commands:
+        subprocess.run(["/bin/sh", "-c", script], cwd=tmp_path, env={"PATH": str(stubs)},
+                       capture_output=True, timeout=10, check=False)
+        assert not (tmp_path / "PWNED").exists() and not (root / "PWNED").exists(), script
+    # The binary the rules step and -C run is one word: the stub for it is never created, so its
+    # invocation fails; what matters is that the hostile text went nowhere else.
+    assert not list(tmp_path.rglob("PWNED"))
+
+
+def test_a_node_that_does_not_speak_ssh_fails_in_one_line(tmp_path: Path) -> None:
+    import socket
+    import threading
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+
+    def answer() -> None:
+        for _ in range(3):  # bounded: paramiko may retry
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            conn.sendall(b"HTTP/1.1 400 Bad Request\r\n\r\n")
+            conn.close()
+
+    threading.Thread(target=answer, daemon=True).start()
+    key = tmp_path / "key"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
+    try:
+        p = run("clean", "--node", f"127.0.0.1:{port}", "--pk", str(key), "--connect-timeout", "5",
+                "--known-hosts", str(tmp_path / "known_hosts"))
+    finally:
+        listener.close()
+    assert p.returncode == 1, p.stdout + p.stderr
+    assert "Traceback" not in p.stderr and "paramiko" not in p.stderr, p.stderr
+    failed = [line for line in p.stdout.splitlines() if "FAILED" in line]
+    assert len(failed) == 1 and f"127.0.0.1:{port}" in failed[0], p.stdout
