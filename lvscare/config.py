@@ -118,9 +118,12 @@ _SHOW = reprlib.Repr()
 _SHOW.maxstring, _SHOW.maxother, _SHOW.maxlevel, _SHOW.maxlist, _SHOW.maxdict = 60, 60, 2, 4, 4
 
 
-def show(value: object) -> str:
+def show(value: object, width: int = 60) -> str:
     """A value as an error message may echo it: quoted, escaped (no control characters reach a
     terminal or a log) and short (an alias bomb must not be expanded to print it)."""
+    if isinstance(value, str):
+        text = repr(value)
+        return text if len(text) <= width else text[:width - 4] + "..." + text[-1]
     return _SHOW.repr(value)
 
 
@@ -460,12 +463,20 @@ class _Loader(yaml.SafeLoader):
     """Safe YAML without aliases: a configuration needs none, and an alias bomb is the only
     way for a small file to expand into gigabytes."""
 
+    MAX_DEPTH = 32  # a configuration is four levels deep; the composer recurses per level
+    _depth = 0
+
     def compose_node(self, parent: Any, index: Any) -> Any:
-        if self.check_event(yaml.AliasEvent):
+        if self.check_event(yaml.AliasEvent) or self._depth >= self.MAX_DEPTH:
             event = self.peek_event()  # type: ignore[no-untyped-call]
-            raise yaml.composer.ComposerError(None, None, "aliases (*name) are not allowed",
-                                              event.start_mark)
-        return super().compose_node(parent, index)
+            problem = ("aliases (*name) are not allowed" if self.check_event(yaml.AliasEvent)
+                       else f"nested more than {self.MAX_DEPTH} levels deep")
+            raise yaml.composer.ComposerError(None, None, problem, event.start_mark)
+        self._depth += 1
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
 
 
 def load_yaml(text: str, source: str) -> dict[str, Any]:

@@ -18,13 +18,14 @@ def read_bytes(path: str, name: str, limit: int = MAX_CONFIG_BYTES) -> bytes:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except (OSError, ValueError) as exc:  # ValueError: a NUL byte in the path
         reason = getattr(exc, "strerror", None) or "not a usable path"
-        raise UserError(f"{name} {show(path)}: {reason}") from None
+        raise UserError(f"{name} {show(path, 300)}: {reason}") from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise UserError(f"{name} {show(path, 300)}: not a regular file")
     with os.fdopen(fd, "rb") as fh:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise UserError(f"{name} {show(path)}: not a regular file")
         data = fh.read(limit + 1)
     if len(data) > limit:
-        raise UserError(f"{name} {show(path)}: larger than {limit >> 20} MiB")
+        raise UserError(f"{name} {show(path, 300)}: larger than {limit >> 20} MiB")
     return data
 
 
@@ -33,4 +34,4 @@ def read_text_file(path: str, name: str, limit: int = MAX_CONFIG_BYTES) -> str:
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError:
-        raise UserError(f"{name} {show(path)}: not UTF-8 text") from None
+        raise UserError(f"{name} {show(path, 300)}: not UTF-8 text") from None
