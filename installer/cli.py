@@ -14,7 +14,7 @@ import sys
 import threading
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from installer.plan import Paths, Plan, describe, table
 from lvscare.config import DEFAULT_VIP
@@ -31,8 +31,14 @@ class UsageError(Exception):
 
 
 class _Parser(argparse.ArgumentParser):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
+
     def error(self, message: str) -> NoReturn:
-        self.exit(2, f"{self.prog}: error: {message}\n")
+        from lvscare.config import one_line
+
+        self.exit(2, f"{self.prog}: error: {one_line(message)}\n")
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -309,7 +315,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return cmd_join(args) if args.command == "join" else cmd_clean(args)
     except UsageError as exc:
-        print(f"installer: error: {exc}", file=sys.stderr)
+        from lvscare.config import one_line
+
+        print(f"installer: error: {one_line(str(exc))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130

@@ -10,7 +10,7 @@ import argparse
 from collections.abc import Mapping
 from typing import Any, NoReturn
 
-from lvscare.config import ALIASES, SETTINGS, Config, build_config, show
+from lvscare.config import ALIASES, SETTINGS, Config, build_config, one_line, show
 from lvscare.errors import UserError
 from lvscare.files import read_text_file
 
@@ -44,14 +44,20 @@ BOOL_FLAGS = {"clean-on-exit", "health-insecure-skip-verify"}
 
 
 class Parser(argparse.ArgumentParser):
+    """Go's flag parser knows no abbreviations: ``--v=4`` must not be taken for ``--vs=4``."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
+
     def error(self, message: str) -> NoReturn:
         # One line, exit 2, like every other input error.
-        self.exit(2, f"{self.prog}: error: {message}\n")
+        self.exit(2, f"{self.prog}: error: {one_line(message)}\n")
 
 
 class RaisingParser(Parser):
     def error(self, message: str) -> NoReturn:
-        raise UserError(message)
+        raise UserError(one_line(message))
 
 
 def add_care_flags(p: argparse.ArgumentParser) -> None:

@@ -15,7 +15,7 @@ import structlog
 
 from lvscare import __version__, log
 from lvscare.careflags import Parser, RaisingParser, add_care_flags, care_values, load_config
-from lvscare.config import DEFAULT_METRICS_ADDRESS, DEFAULT_VS
+from lvscare.config import DEFAULT_METRICS_ADDRESS, DEFAULT_VS, one_line, split_list
 from lvscare.errors import KernelError, RuntimeFailure, UserError
 
 
@@ -92,9 +92,13 @@ def cmd_static_pod(args: argparse.Namespace) -> int:
     name = staticpod.check_name(args.name or staticpod.DEFAULT_NAME)
     path = Path(args.path or staticpod.DEFAULT_PATH) / f"{name}.yaml"
     if args.set_img:
+        if not path.exists():
+            # As sealctl: sealos calls --set-img on every node, with or without lvscare.
+            print(f"lvscare static-pod: {path} does not exist; nothing to update", file=sys.stderr)
+            return 0
         text = staticpod.set_image(path, image)
     else:
-        options = [o for opt in args.options for o in opt.split()]
+        options = split_list(args.options, "--options")  # a pflag string slice: commas
         text = staticpod.render(staticpod.StaticPod(
             vip=args.vip, masters=tuple(args.masters), image=image, name=name, options=tuple(options)))
     if args.print:
@@ -136,8 +140,28 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
 }
 
 
+def sealctl_argv(argv: list[str]) -> list[str]:
+    """``static-pod`` as sealctl takes it: the word ``lvscare`` after it (``sealctl static-pod
+    lvscare``), and ``--options``/``--masters`` as pflag string slices, whose value may begin
+    with ``-`` (sealos writes ``--options --health-status --options 401``)."""
+    if argv[:1] != ["static-pod"]:
+        return argv
+    rest = argv[2:] if argv[1:2] == ["lvscare"] else argv[1:]
+    out = ["static-pod"]
+    i = 0
+    while i < len(rest):
+        if rest[i] in ("--options", "--masters") and i + 1 < len(rest):
+            out.append(f"{rest[i]}={rest[i + 1]}")
+            i += 2
+            continue
+        out.append(rest[i])
+        i += 1
+    return out
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = make_parser()
+    argv = sealctl_argv(list(sys.argv[1:] if argv is None else argv))
     try:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # --help, or a usage error already printed
@@ -145,13 +169,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return COMMANDS[args.command](args)
     except UserError as exc:
-        print(f"lvscare: error: {exc}", file=sys.stderr)
+        print(f"lvscare: error: {one_line(str(exc))}", file=sys.stderr)
         return exc.exit_code
     except KernelError as exc:
         structlog.get_logger("lvscare").error("failed", error=str(exc))
         return exc.exit_code
     except RuntimeFailure as exc:
-        print(f"lvscare: error: {exc}", file=sys.stderr)
+        print(f"lvscare: error: {one_line(str(exc))}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         return 130

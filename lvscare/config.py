@@ -127,6 +127,14 @@ def show(value: object, width: int = 60) -> str:
     return _SHOW.repr(value)
 
 
+def one_line(text: str) -> str:
+    """``text`` with every character that is not printable escaped: an error message stays one
+    line and carries no terminal escape, whatever value it quotes (argparse quotes raw)."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
+
+
 def _text(value: object, name: str, what: str = "text") -> str:
     if not isinstance(value, str):
         raise UserError(f"{name}: {show(value)} is not {what}")

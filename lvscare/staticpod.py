@@ -27,7 +27,7 @@ import yaml
 
 from lvscare import __version__
 from lvscare.careflags import load_config, parse_care_args
-from lvscare.config import DEFAULT_VS, METRICS_PORT, parse_endpoint, parse_ip, show
+from lvscare.config import DEFAULT_VS, parse_endpoint, parse_ip, show
 from lvscare.errors import UserError
 
 DEFAULT_NAME = "kube-sealos-lvscare"
@@ -98,6 +98,24 @@ def care_args(vip: str, masters: Sequence[str], options: Sequence[str] = ()) -> 
     return args
 
 
+def liveness_probe(args: list[str]) -> dict[str, Any] | None:
+    """kubelet's check of the daemon's /healthz, where the daemon's arguments say it listens;
+    none when they turn the endpoint off (a probe of nothing would restart the pod forever)."""
+    address = load_config(parse_care_args(args), {}).metrics_address
+    if not address:
+        return None
+    host, _, port = address.rpartition(":")
+    host = host.strip("[]")
+    return {
+        "httpGet": {"host": "127.0.0.1" if host in ("", "0.0.0.0", "::") else host,
+                    "port": int(port), "path": "/healthz"},
+        "initialDelaySeconds": 10,
+        "periodSeconds": 10,
+        "timeoutSeconds": 3,
+        "failureThreshold": 6,
+    }
+
+
 def _check(args: list[str]) -> None:
     # The manifest must not carry arguments that would make the pod crash-loop on every node.
     for arg in args:
@@ -117,6 +135,7 @@ def _check(args: list[str]) -> None:
 
 def manifest(pod: StaticPod) -> dict[str, Any]:
     args = care_args(pod.vip, pod.masters, pod.options)
+    probe = liveness_probe(args)
     check_image(pod.image)
     check_name(pod.name)
     lib_modules = {"name": "lib-modules", "mountPath": "/lib/modules", "readOnly": True}
@@ -160,13 +179,7 @@ def manifest(pod: StaticPod) -> dict[str, Any]:
                     "requests": {"cpu": "10m", "memory": "64Mi"},
                     "limits": {"cpu": "200m", "memory": "128Mi"},
                 },
-                "livenessProbe": {
-                    "httpGet": {"host": "127.0.0.1", "port": METRICS_PORT, "path": "/healthz"},
-                    "initialDelaySeconds": 10,
-                    "periodSeconds": 10,
-                    "timeoutSeconds": 3,
-                    "failureThreshold": 6,
-                },
+                **({"livenessProbe": probe} if probe else {}),
                 "volumeMounts": [lib_modules, xtables_lock],
             }],
             "volumes": [
@@ -177,8 +190,19 @@ def manifest(pod: StaticPod) -> dict[str, Any]:
     }
 
 
+class _Dumper(yaml.SafeDumper):
+    """No anchors (``&id001``): kubeadm's manifests have none, and anchored YAML diffs badly."""
+
+    def ignore_aliases(self, data: Any) -> bool:
+        return True
+
+
+def dump(data: Any) -> str:
+    return yaml.dump(data, Dumper=_Dumper, sort_keys=False, default_flow_style=False)
+
+
 def render(pod: StaticPod) -> str:
-    return yaml.safe_dump(manifest(pod), sort_keys=False, default_flow_style=False)
+    return dump(manifest(pod))
 
 
 def write_atomic(path: Path, text: str, mode: int = 0o600) -> None:
@@ -208,4 +232,4 @@ def set_image(path: Path, image: str) -> str:
             c["image"] = image
     except (OSError, yaml.YAMLError, KeyError, TypeError) as exc:
         raise UserError(f"--set-img: cannot rewrite {path}: {exc}") from None
-    return yaml.safe_dump(data, sort_keys=False, default_flow_style=False)
+    return dump(data)

@@ -90,7 +90,8 @@ def test_bare_master_addresses_take_the_vip_port() -> None:
      "--image: 'not an image' is not an image reference"),
     (["--masters", "10.0.0.2", "--image", "Lvscare:1"], "is not an image reference"),
     (["--masters", "10.0.0.2", "--options=--health-ca=/etc/pki/ca.crt"], "names a file on the node"),
-    (["--masters", "10.0.0.2", "--options", "--config /etc/lvscare.yaml"], "names a file on the node"),
+    (["--masters", "10.0.0.2", "--options", "--config", "--options", "/etc/lvscare.yaml"],
+     "names a file on the node"),
     (["--set-img", "--image", "a b"], "--image: 'a b' is not an image reference"),
 ])
 def test_bad_input_is_one_line_and_exit_2(args: list[str], message: str, tmp_path: Path) -> None:
@@ -106,3 +107,45 @@ def test_bad_input_is_one_line_and_exit_2(args: list[str], message: str, tmp_pat
     "registry.k8s.io/x@sha256:" + "a" * 64, "docker.io/labring/lvscare:v4.1.3"])
 def test_image_references_that_are_valid(image: str) -> None:
     assert staticpod.check_image(image) == image
+
+
+def _static_pod(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "lvscare", "static-pod", *args],
+                          capture_output=True, text=True, timeout=60)
+
+
+def test_sealctl_command_lines_work_as_sealos_writes_them(tmp_path: Path) -> None:
+    """``sealctl static-pod lvscare …``, with --options as a pflag string slice whose values
+    begin with '-' (sealos's k3s clusters), and --set-img called blindly where no manifest is."""
+    import yaml
+
+    p = _static_pod("lvscare", "--path", str(tmp_path), "--vip", "10.103.97.2:6443",
+                    "--masters", "10.0.0.2:6443", "--options", "--health-status", "--options", "401",
+                    "--options", "--mode=link,--interval=2s", "--print")
+    assert p.returncode == 0, p.stderr
+    args = yaml.safe_load(p.stdout)["spec"]["containers"][0]["args"]
+    assert args[-4:] == ["--health-status", "401", "--mode=link", "--interval=2s"]
+    assert "&id" not in p.stdout and "*id" not in p.stdout  # no YAML anchors
+    missing = _static_pod("--path", str(tmp_path), "--set-img", "--image", "lvscare:v2")
+    assert missing.returncode == 0 and "nothing to update" in missing.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(("options", "probe"), [
+    ((), {"host": "127.0.0.1", "port": 10262, "path": "/healthz"}),
+    (("--metrics-address=0.0.0.0:9100",), {"host": "127.0.0.1", "port": 9100, "path": "/healthz"}),
+    (("--metrics-address=10.0.0.9:9100",), {"host": "10.0.0.9", "port": 9100, "path": "/healthz"}),
+    (("--metrics-address=off",), None),
+])
+def test_the_liveness_probe_follows_the_metrics_address(options: tuple[str, ...],
+                                                         probe: dict[str, object] | None) -> None:
+    doc = staticpod.manifest(staticpod.StaticPod(masters=MASTERS, options=options))
+    found = doc["spec"]["containers"][0].get("livenessProbe")
+    assert (found["httpGet"] if found else None) == probe
+
+
+@pytest.mark.parametrize("abbreviation", [["--v=4"], ["--int", "7"], ["--health-sch", "http"]])
+def test_care_flags_are_never_abbreviated(abbreviation: list[str]) -> None:
+    p = subprocess.run([sys.executable, "-m", "lvscare", "care", "--run-once", "--vs", "10.103.97.2:6443",
+                        "--rs", "10.0.0.2:6443", *abbreviation], capture_output=True, text=True, timeout=60)
+    assert p.returncode == 2 and "unrecognized arguments" in p.stderr, p.stderr
