@@ -30,9 +30,14 @@ RUN apt-get update \
  && rm -rf /var/lib/apt/lists/*
 RUN --mount=type=bind,from=build,source=/wheels,target=/wheels \
     pip install --no-cache-dir --no-index --find-links=/wheels "lvscare==${VERSION}"
+# sealos's own manifest runs /usr/bin/lvscare (the Go binary's path) in a privileged container
+# without runAsUser: the same image must work there, so the path exists and the default user is
+# root. Kubernetes gives capabilities to root processes only (no ambient capabilities): a
+# non-root default would leave that pod, and any manifest without runAsUser, with none. Our own
+# manifests still drop every capability but NET_ADMIN and NET_RAW.
+RUN ln -s /usr/local/bin/lvscare /usr/bin/lvscare
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1
-# Unprivileged by default; the daemon's manifests set runAsUser: 0 with only NET_ADMIN and NET_RAW,
-# because Kubernetes gives added capabilities to root processes only.
-USER 65532:65532
+# hadolint ignore=DL3002
+USER 0:0
 ENTRYPOINT ["lvscare"]
 CMD ["--help"]

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import Any, NoReturn
 
-from lvscare.config import ALIASES, SETTINGS, Config, build_config, one_line, show
+from lvscare.config import ALIASES, SETTINGS, Config, build_config, one_line, parse_ip, show, unicast
 from lvscare.errors import UserError
 from lvscare.files import read_text_file
 
@@ -81,14 +82,17 @@ def add_care_flags(p: argparse.ArgumentParser) -> None:
         if setting.flag == "iface":
             names.insert(0, "-i")
         names += ["--" + alias for alias, flag in ALIASES.items() if flag == setting.flag]
-        if setting.flag == "health-status":
+        if setting.flag in ("health-status", "health-req-headers"):  # repeated flags add up, as in Go
             kwargs["action"] = "append"
         p.add_argument(*names, dest=setting.flag, **kwargs)
     # Accepted so that Go lvscare command lines keep working; link mode here marks nothing.
     p.add_argument("--masqueradebit", default=s, help=argparse.SUPPRESS)
 
 
-def load_config(values: dict[str, Any], env: Mapping[str, str]) -> Config:
+def load_config(values: dict[str, Any], env: Mapping[str, str],
+                hosts: str | None = "/etc/hosts") -> Config:
+    """``hosts``: where to look for ``lvscare.node.ip``; None where no node is involved (the
+    static pod's arguments are checked on an admin machine)."""
     values = dict(values)
     values.pop("masqueradebit", None)
     path, name = values.pop("config", None), "--config"
@@ -98,7 +102,37 @@ def load_config(values: dict[str, Any], env: Mapping[str, str]) -> Config:
         raise UserError("--config: empty path")
     text = read_text_file(path, name) if path is not None else None
     source = "config" if path is None else path if path.isprintable() else show(path)
-    return build_config(values, env, text, source)
+    cfg = build_config(values, env, text, source)
+    return with_node_ip(cfg, env, hosts)
+
+
+def node_ip_from_hosts(text: str) -> str | None:
+    """The address sealos writes into /etc/hosts as ``lvscare.node.ip`` on multi-homed nodes."""
+    for line in text.splitlines():
+        fields = line.split("#", 1)[0].split()
+        if len(fields) >= 2 and "lvscare.node.ip" in fields[1:]:
+            return fields[0]
+    return None
+
+
+def with_node_ip(cfg: Config, env: Mapping[str, str], hosts: str | None = "/etc/hosts") -> Config:
+    """Route mode's node address as Go lvscare finds it when --ip is not given: the
+    ``LVSCARE_NODE_IP`` variable of sealos's manifest, else ``lvscare.node.ip`` in /etc/hosts (a
+    hostNetwork pod sees the node's). One of the wrong family is left for the route's own choice."""
+    if cfg.ip is not None or not any(vs.mode == "route" for vs in cfg.virtual_servers):
+        return cfg
+    found, where = env.get("LVSCARE_NODE_IP") or None, "LVSCARE_NODE_IP"
+    if found is None and hosts is not None:
+        try:
+            found, where = node_ip_from_hosts(read_text_file(hosts, hosts)), f"{hosts} lvscare.node.ip"
+        except UserError:
+            return cfg  # no hosts file to read: nothing given
+    if found is None:
+        return cfg
+    ip = unicast(parse_ip(found, where), where, found)
+    if any(vs.mode == "route" and vs.endpoint.ip.version != ip.version for vs in cfg.virtual_servers):
+        return cfg
+    return replace(cfg, ip=ip)
 
 
 def care_values(ns: argparse.Namespace) -> dict[str, Any]:

@@ -356,6 +356,17 @@ def _duration(low: float, high: float) -> Parser:
     return lambda v, n: parse_duration(v, n, low, high)
 
 
+def _interval(value: Any, name: str) -> float:
+    seconds = parse_duration(value, name, 0, 3600)
+    if seconds == 0:
+        # Go lvscare read 0 as "its default, 5s"; saying so beats a silent change of meaning.
+        raise UserError(f"{name}: 0 is not an interval (Go lvscare took it for its default 5s; "
+                        "leave the setting out for lvscare's 1s)")
+    if seconds < 0.1:
+        raise UserError(f"{name}: {show(value)} is out of range 100ms-1h")
+    return seconds
+
+
 def _path(value: Any, name: str) -> str:
     text = _text(value, name, "a path").strip()
     if not text or " " in text or not text.isascii():
@@ -385,7 +396,7 @@ def _file(value: Any, name: str) -> str:
 
 SETTINGS: tuple[Setting, ...] = (
     # A probe loop faster than 100 ms is a load test of the apiservers, not health checking.
-    Setting("interval", "interval", "config", _duration(0.1, 3600), "interval"),
+    Setting("interval", "interval", "config", lambda v, n: _interval(v, n), "interval"),
     Setting("iface", "iface", "config", lambda v, n: _iface(v, n), "iface"),
     Setting("ip", "ip", "config", lambda v, n: unicast(parse_ip(v, n), n, v), "ip"),
     Setting("clean-on-exit", "clean_on_exit", "config", parse_bool, "cleanOnExit"),
@@ -544,7 +555,7 @@ def build_config(
             continue
         for name in (flag, *(a for a, f in ALIASES.items() if f == flag)):
             env_name = "CARE_" + name.upper().replace("-", "_")
-            if env_name in env:
+            if env.get(env_name):  # empty means not set, as in Go
                 given[flag] = (env[env_name], env_name)
                 break
     for alias, flag in ALIASES.items():
@@ -645,7 +656,8 @@ def build_config(
         seen_rs: set[Endpoint] = set()
         for rs in rss:
             if rs.endpoint in seen_rs:
-                raise UserError(f"{where}: real server {rs.endpoint} is listed twice")
+                raise UserError(f"{where}: real server {rs.endpoint} is listed twice "
+                                "(Go lvscare accepted a repeat; remove it)")
             seen_rs.add(rs.endpoint)
             if rs.endpoint.ip == endpoint.ip:
                 raise UserError(f"{where}: real server {rs.endpoint} is the VIP itself")

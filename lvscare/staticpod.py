@@ -101,7 +101,7 @@ def care_args(vip: str, masters: Sequence[str], options: Sequence[str] = ()) -> 
 def liveness_probe(args: list[str]) -> dict[str, Any] | None:
     """kubelet's check of the daemon's /healthz, where the daemon's arguments say it listens;
     none when they turn the endpoint off (a probe of nothing would restart the pod forever)."""
-    address = load_config(parse_care_args(args), {}).metrics_address
+    address = load_config(parse_care_args(args), {}, hosts=None).metrics_address
     if not address:
         return None
     host, _, port = address.rpartition(":")
@@ -130,7 +130,7 @@ def _check(args: list[str]) -> None:
         raise UserError("--masters: at least one apiserver address is needed")
     if "run-once" in values or "clean" in values:
         raise UserError("--options: --run-once and -C make no sense in a long-running pod")
-    load_config(values, {})
+    load_config(values, {}, hosts=None)
 
 
 def manifest(pod: StaticPod) -> dict[str, Any]:

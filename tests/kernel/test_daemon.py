@@ -6,6 +6,7 @@ import signal
 import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from lvscare_rig.topology import Lab
@@ -346,6 +347,50 @@ def test_an_idle_client_of_a_deleted_real_server_is_reset_at_once(lab: Lab, mode
         nudged = care.events("clients nudged")
         assert nudged[-1]["rs"] == b.address and nudged[-1]["clients"] == 1
         assert_traffic_avoids(lab, b.name)
+    finally:
+        client.kill()
+        client.wait()
+        care.stop()
+
+
+# The daemon container of the static pod: capabilities NET_ADMIN and NET_RAW and no others, no
+# new privileges, /proc/sys read-only (runtimes mount it so unless the container is privileged),
+# the root filesystem read-only (the test kernel mounts the host's that way already).
+POD_PRIVILEGES = ("unshare", "-m", "--", "sh", "-c",
+                  "mount --bind /proc/sys /proc/sys && mount -o remount,bind,ro /proc/sys && "
+                  "exec setpriv --bounding-set=-all,+net_admin,+net_raw --inh-caps=-all "
+                  "--ambient-caps=-all --no-new-privs -- \"$@\"", "sh")
+
+
+@pytest.mark.parametrize("mode", ["route", "link"])
+def test_the_daemon_needs_only_the_pods_privileges(lab: Lab, mode: str) -> None:
+    """The init container's --run-once (privileged) sets the sysctls and the rules; the daemon
+    then runs with exactly the pod's privileges through a failover: a killed apiserver leaves, its
+    idle client is reset (NET_RAW, and conntrack in link mode), traffic avoids it, it comes back."""
+    import json
+    import subprocess
+
+    init = lab.lvscare("care", "--run-once", "--vs", f"{VIP}:6443", "--mode", mode,
+                       *[a for b in lab.backends for a in ("--rs", b.address)])
+    assert init.returncode == 0, init.stderr
+    care = Care(lab, "--mode", mode, wrap=POD_PRIVILEGES).start()
+    client = subprocess.Popen(lab.node_cmd(sys.executable, "-c", IDLE_CLIENT, VIP),
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert care.proc is not None
+        status = Path(f"/proc/{care.proc.pid}/status").read_text()
+        assert "CapEff:\t0000000000003000" in status, status  # NET_ADMIN (12) and NET_RAW (13)
+        assert client.stdout is not None
+        backend = json.loads(client.stdout.readline())["backend"]
+        (b,) = [x for x in lab.backends if x.name == backend]
+        lab.blackhole(b)
+        wait(lambda: b.address not in real_servers(lab), 10, care)
+        assert json.loads(client.stdout.readline()) == {"outcome": "reset"}
+        assert_traffic_avoids(lab, b.name)
+        lab.blackhole(b, on=False)
+        wait(lambda: real_servers(lab).get(b.address) == ("Masq", 1), 10, care)
+        warnings = [e for e in care.events() if e["level"] in ("warning", "error")]
+        assert warnings == [], warnings
     finally:
         client.kill()
         client.wait()

@@ -209,3 +209,33 @@ def test_metrics_address_may_listen_on_every_address(address: str, ok: bool) -> 
     else:
         with pytest.raises(UserError, match="--metrics-address"):
             cfg(values)
+
+
+def test_go_semantics_that_are_kept_and_those_refused_with_a_reason(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from lvscare.careflags import load_config, node_ip_from_hosts, parse_care_args
+
+    base = ["care", "--vs", VS, "--rs", "10.0.0.1:6443"]
+    # Repeated --health-req-headers add up, as Go's stringToString does.
+    values = parse_care_args([*base, "--health-req-headers", "a=1", "--health-req-headers", "b=2,3"])
+    assert load_config(values, {}, hosts=None).virtual_servers[0].health.headers == (("a", "1"), ("b", "2,3"))
+    # An empty CARE_* variable is "not set".
+    empty = {"CARE_INTERVAL": "", "CARE_MODE": ""}
+    assert load_config(parse_care_args(base), empty, hosts=None).interval == 1.0
+    with pytest.raises(UserError, match="Go lvscare took it for its default 5s"):
+        load_config(parse_care_args([*base, "--interval", "0"]), {}, hosts=None)
+    with pytest.raises(UserError, match=r"listed twice \(Go lvscare accepted a repeat"):
+        load_config(parse_care_args([*base, "--rs", "10.0.0.1:6443"]), {}, hosts=None)
+    # Route mode's node address: --ip, else LVSCARE_NODE_IP, else lvscare.node.ip in /etc/hosts.
+    hosts = tmp_path / "hosts"
+    hosts.write_text("127.0.0.1 localhost\n# 10.9.9.9 lvscare.node.ip\n10.0.0.7  lvscare.node.ip  # sealos\n")
+    assert node_ip_from_hosts(hosts.read_text()) == "10.0.0.7"
+    assert str(load_config(parse_care_args(base), {}, str(hosts)).ip) == "10.0.0.7"
+    env = {"LVSCARE_NODE_IP": "10.0.0.8"}
+    assert str(load_config(parse_care_args(base), env, str(hosts)).ip) == "10.0.0.8"
+    assert str(load_config(parse_care_args([*base, "--ip", "10.0.0.9"]), {}, str(hosts)).ip) == "10.0.0.9"
+    assert load_config(parse_care_args([*base, "--mode", "link"]), {}, str(hosts)).ip is None
+    hosts.write_text("fd00::7 lvscare.node.ip\n")  # another family: the route chooses
+    assert load_config(parse_care_args(base), {}, str(hosts)).ip is None
+    hosts.write_text("not-an-ip lvscare.node.ip\n")
+    with pytest.raises(UserError, match=r"lvscare\.node\.ip: 'not-an-ip' is not an IP address"):
+        load_config(parse_care_args(base), {}, str(hosts))
