@@ -173,6 +173,16 @@ class Core:
         self._held = decision.all_down
         return desired_table(self.cfg.virtual_servers, decision.weights), events
 
+    def deletions(self, want: Table) -> list[RsKey]:
+        """Real servers in the kernel, as last read, that ``want`` takes out: their clients are
+        to be found before the reconcile deletes them."""
+        out = []
+        for key, state in want.items():
+            have = self._observed.get(key) or self._expected.get(key)
+            if have is not None:
+                out += [(key.endpoint, ep) for ep in sorted(have.dests) if ep not in state.dests]
+        return out
+
     def _planned(self, op: Op) -> bool:
         """True if ``op`` follows from a change of desired state since the last reconcile."""
         if not self._applied_once:

@@ -29,7 +29,7 @@ import structlog
 
 from lvscare import log as logsetup
 from lvscare.care import reconcile, reconcile_observed, remove_all
-from lvscare.config import Config, RsKey
+from lvscare.config import Config, Endpoint, RsKey, VirtualServer
 from lvscare.core import Core, Event
 from lvscare.effects import VipAccess, World
 from lvscare.errors import KernelError, RuntimeFailure, UserError
@@ -39,6 +39,7 @@ from lvscare.plan import DelDest, Op, op_key, service_key
 from lvscare.snapshot import Snapshot
 
 if TYPE_CHECKING:
+    from lvscare.clientreset import Found
     from lvscare.web import WebServer
 
 log = structlog.get_logger("lvscare")
@@ -318,15 +319,29 @@ class Daemon:
         now = self._now()
         want, events = self.core.desired(now)
         self._log(events)
+        found = await self._find_clients(self.core.deletions(want))
         with self.metrics.reconcile_timer():
             ops, observed = await reconcile_observed(self.world.ipvs, want, self.core.service_keys)
         done = self.core.reconciled(ops, want, observed, self._wall())
         self._log(done.events)
         for op in done.repairs:
             self.metrics.repair(op_key(op).endpoint)
-        await self._reset_clients(done.deleted)
+        await self._reset_clients(done.deleted, found)
         await self._ensure_access(now)
         return ops
+
+    def _pairs(self, keys: Iterable[RsKey]) -> list[tuple[VirtualServer, Endpoint]]:
+        return [(vs, rs) for vip, rs in keys if (vs := self.core.virtual_server(vip)) is not None]
+
+    async def _find_clients(self, deleting: list[RsKey]) -> Found:
+        if not deleting:
+            return {}
+        try:
+            return await self.world.client_reset.find(self._pairs(deleting))
+        except OSError as exc:
+            self._warn_once("conn-table", "cannot read the IPVS connection table; clients of "
+                            "removed real servers reconnect at their next packet", error=str(exc))
+            return {}
 
     async def _ensure_access(self, now: float) -> None:
         """The VIP's route, address and link every reconcile; the iptables rule less often."""
@@ -340,13 +355,12 @@ class Daemon:
         if iptables:
             self._iptables_checked = now
 
-    async def _reset_clients(self, deleted: list[DelDest]) -> None:
-        pairs = [(vs, op.endpoint) for op in deleted
-                 if (vs := self.core.virtual_server(op.key.endpoint)) is not None]
-        if not pairs:
+    async def _reset_clients(self, deleted: list[DelDest], found: Found) -> None:
+        pairs = self._pairs((op.key.endpoint, op.endpoint) for op in deleted)
+        if not pairs or not found:
             return
         try:
-            result = await self.world.client_reset.reset(pairs)
+            result = await self.world.client_reset.reset(pairs, found)
         except OSError as exc:
             self._warn_once("nudge", "cannot nudge clients of a removed real server (needs "
                             "CAP_NET_RAW); they reconnect at their next retransmission",

@@ -18,7 +18,7 @@ from lvscare.health import ProbeResult
 from lvscare.plan import Op, ServiceKey, Table
 
 if TYPE_CHECKING:
-    from lvscare.clientreset import ResetResult
+    from lvscare.clientreset import Found, ResetResult
     from lvscare.ipvs import ApplyResult
 
 
@@ -46,9 +46,13 @@ class VipAccess(Protocol):
 
 
 class ClientReset(Protocol):
-    """Resets the clients of real servers just deleted (``clientreset.ClientReset``)."""
+    """Resets the clients of real servers as they are deleted (``clientreset.ClientReset``):
+    ``find`` before the deletion, ``reset`` after it."""
 
-    async def reset(self, deleted: Sequence[tuple[VirtualServer, Endpoint]]) -> ResetResult:
+    async def find(self, deleting: Sequence[tuple[VirtualServer, Endpoint]]) -> Found: ...
+
+    async def reset(self, deleted: Sequence[tuple[VirtualServer, Endpoint]],
+                    found: Found) -> ResetResult:
         """Raises OSError when it cannot send at all (no CAP_NET_RAW)."""
         ...
 

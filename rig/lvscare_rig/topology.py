@@ -5,6 +5,7 @@ Layout, for backend i (1-based), all inside namespaces this module creates:
     netns <node>:  veth <tag>b<i>  10.200.<i>.1/24  fd00:200:<i>::1/64
     netns <be_i>:  eth0            10.200.<i>.2/24  fd00:200:<i>::2/64
                    route 10.200.0.0/16 and fd00:200::/32 via the node, and nothing else
+    netns <pod>:   eth0            10.200.99.2/24, default via the node (Lab.add_pod, on demand)
 
 Like real apiservers, the backends can reach every node address but have no route back to the
 VIP. A "local" backend listens on the node's own address, inside the node namespace, as the
@@ -95,6 +96,23 @@ class Lab:
                        timeout=count * timeout + 60).stdout
         result: dict[str, object] = json.loads(out)
         return result
+
+    def add_pod(self) -> str:
+        """A namespace behind the node, as a pod on it: 10.200.99.2, default route via the node
+        (which forwards, as a Kubernetes node does). Returns the namespace's name."""
+        ns = f"{self.tag}-pod"
+        sh("ip", "netns", "add", ns)
+        self.extra_netns.append(ns)
+        sh("ip", "-n", ns, "link", "set", "lo", "up")
+        sh("ip", "link", "add", f"{self.tag}p", "netns", self.node, "type", "veth",
+           "peer", "name", "eth0", "netns", ns)
+        sh("ip", "-n", self.node, "link", "set", f"{self.tag}p", "up")
+        sh("ip", "-n", self.node, "addr", "add", "10.200.99.1/24", "dev", f"{self.tag}p")
+        sh("ip", "-n", ns, "link", "set", "eth0", "up")
+        sh("ip", "-n", ns, "addr", "add", "10.200.99.2/24", "dev", "eth0")
+        sh("ip", "-n", ns, "route", "add", "default", "via", "10.200.99.1")
+        self.run("sysctl", "-q", "-w", "net.ipv4.ip_forward=1")
+        return ns
 
     # -- backends ------------------------------------------------------------------------------
 

@@ -316,15 +316,17 @@ print(json.dumps({"outcome": outcome}), flush=True)
 """
 
 
-@pytest.mark.parametrize(("mode", "conntrack"), [("route", False), ("route", True), ("link", True)],
-                         ids=["route", "route-conntrack", "link"])
+@pytest.mark.parametrize(("mode", "conntrack", "where"), [
+    ("route", False, "node"), ("route", True, "node"), ("link", True, "node"),
+    ("route", False, "pod"), ("link", True, "pod"),
+], ids=["route", "route-conntrack", "link", "route-pod", "link-pod"])
 def test_an_idle_client_of_a_deleted_real_server_is_reset_at_once(lab: Lab, mode: str,
-                                                                   conntrack: bool) -> None:
+                                                                   conntrack: bool, where: str) -> None:
     """A kept-alive connection that sends nothing would never learn its real server is gone
     (nothing of it reaches IPVS, so nothing resets it); lvscare nudges it instead. Also where
     netfilter tracks connections, as on a node with a conntrack-using iptables rule, and in link
-    mode, where the connection is source-NATed in conntrack. The client runs on the node, as
-    kubelet does."""
+    mode, where the connection is source-NATed in conntrack. The client runs on the node (as
+    kubelet) or in a pod behind it."""
     import json
     import subprocess
 
@@ -332,7 +334,8 @@ def test_an_idle_client_of_a_deleted_real_server_is_reset_at_once(lab: Lab, mode
         lab.run("iptables-legacy", "-w", "5", "-A", "OUTPUT", "-m", "conntrack", "--ctstate", "INVALID",
                 "-m", "comment", "--comment", "test: track connections", "-j", "RETURN")
     care = Care(lab, "--mode", mode).start()
-    client = subprocess.Popen(lab.node_cmd(sys.executable, "-c", IDLE_CLIENT, VIP),
+    netns = lab.add_pod() if where == "pod" else lab.node
+    client = subprocess.Popen(["ip", "netns", "exec", netns, sys.executable, "-c", IDLE_CLIENT, VIP],
                               stdout=subprocess.PIPE, text=True)
     try:
         assert client.stdout is not None
@@ -341,7 +344,9 @@ def test_an_idle_client_of_a_deleted_real_server_is_reset_at_once(lab: Lab, mode
         lab.blackhole(b)
         wait(lambda: b.address not in real_servers(lab), 10, care)
         # The client is still idle: only the nudge can end its connection, well before its 30 s.
-        assert json.loads(client.stdout.readline()) == {"outcome": "reset"}
+        outcome = json.loads(client.stdout.readline())
+        if outcome != {"outcome": "reset"}:
+            pytest.fail(f"the idle client saw {outcome}; daemon log:\n{care.log.read_text()[-4000:]}")
         # The client can be reset before the daemon has written its log line.
         wait(lambda: care.events("clients nudged"), 5, care)
         nudged = care.events("clients nudged")

@@ -15,7 +15,7 @@ import selectors
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
-from lvscare.clientreset import ResetResult
+from lvscare.clientreset import Found, ResetResult
 from lvscare.config import Config, Endpoint, HealthCheck, IPAddress, VirtualServer
 from lvscare.effects import World
 from lvscare.health import Outcome, ProbeResult
@@ -262,15 +262,27 @@ class FakeProber:
 
 
 class FakeClientReset:
+    """Every real server has one live client, found before its deletion as the kernel's
+    table would show it (after the deletion the kernel flushes them)."""
+
     def __init__(self) -> None:
+        self.found: list[tuple[str, str]] = []
         self.resets: list[tuple[str, str]] = []
         self.refuse = False
+        self.kernel: FakeIpvs | None = None
 
-    async def reset(self, deleted: Sequence[tuple[VirtualServer, Endpoint]]) -> ResetResult:
+    async def find(self, deleting: Sequence[tuple[VirtualServer, Endpoint]]) -> Found:
+        assert self.kernel is not None
+        in_kernel = [(vs, rs) for vs, rs in deleting if str(rs) in self.kernel.weights(str(vs.endpoint))]
+        self.found += [(str(vs.endpoint), str(rs)) for vs, rs in in_kernel]
+        return {(vs.endpoint, rs): [Endpoint(rs.ip, 50000)] for vs, rs in in_kernel if vs.mode != "none"}
+
+    async def reset(self, deleted: Sequence[tuple[VirtualServer, Endpoint]], found: Found) -> ResetResult:
         if self.refuse:
             raise PermissionError(1, "Operation not permitted")
-        self.resets += [(str(vs.endpoint), str(rs)) for vs, rs in deleted]
-        return ResetResult({(vs.endpoint, rs): 1 for vs, rs in deleted})
+        done = [(vs, rs) for vs, rs in deleted if (vs.endpoint, rs) in found]
+        self.resets += [(str(vs.endpoint), str(rs)) for vs, rs in done]
+        return ResetResult({(vs.endpoint, rs): len(found[(vs.endpoint, rs)]) for vs, rs in done})
 
     def close(self) -> None:
         pass
@@ -295,6 +307,9 @@ class FakeWorld:
     prober: FakeProber = field(default_factory=FakeProber)
     client_reset: FakeClientReset = field(default_factory=FakeClientReset)
     sysctls: FakeSysctls = field(default_factory=FakeSysctls)
+
+    def __post_init__(self) -> None:
+        self.client_reset.kernel = self.ipvs
 
     def world(self) -> World:
         return World(self.ipvs, lambda cfg: FakeAccess(self.node, cfg.iface, cfg.ip),

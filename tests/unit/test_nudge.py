@@ -142,11 +142,13 @@ async def test_no_reset_packet_leaves_a_node_in_mode_none(monkeypatch) -> None: 
     monkeypatch.setattr(clientreset, "read_clients", table)
     monkeypatch.setattr(Nudger, "_send", lambda self, data, to: sent.append(data))
     reset = clientreset.ClientReset()
-    vs = VirtualServer(V4, (RealServer(ep("10.200.3.2:6443")),), mode="none")
-    assert (await reset.reset([(vs, ep("10.200.3.2:6443"))])).clients == {}
+    none = VirtualServer(V4, (RealServer(ep("10.200.3.2:6443")),), mode="none")
+    deleted = [(none, ep("10.200.3.2:6443"))]
+    assert await reset.find(deleted) == {}
+    assert (await reset.reset(deleted, table())).clients == {}  # type: ignore[arg-type]
     assert sent == []
-    routed = VirtualServer(V4, vs.real_servers, mode="route")
-    assert (await reset.reset([(routed, ep("10.200.3.2:6443"))])).clients == {
-        (V4, ep("10.200.3.2:6443")): 1}
+    routed = [(VirtualServer(V4, none.real_servers, mode="route"), ep("10.200.3.2:6443"))]
+    found = await reset.find(routed)
+    assert (await reset.reset(routed, found)).clients == {(V4, ep("10.200.3.2:6443")): 1}
     assert len(sent) == 2
     reset.close()
