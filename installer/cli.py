@@ -14,9 +14,10 @@ import sys
 import threading
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING
 
 from installer.plan import Paths, Plan, describe, table
+from lvscare.careflags import Parser as _Parser  # one line, exit 2, no abbreviations
 from lvscare.config import DEFAULT_VIP
 
 if TYPE_CHECKING:
@@ -28,17 +29,6 @@ PASSWORD_ENV = "LVSCARE_SSH_PASSWORD"
 
 class UsageError(Exception):
     pass
-
-
-class _Parser(argparse.ArgumentParser):
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        kwargs.setdefault("allow_abbrev", False)
-        super().__init__(*args, **kwargs)
-
-    def error(self, message: str) -> NoReturn:
-        from lvscare.config import one_line
-
-        self.exit(2, f"{self.prog}: error: {one_line(message)}\n")
 
 
 def _common(p: argparse.ArgumentParser) -> None:
