@@ -336,12 +336,8 @@ class Daemon:
     async def _find_clients(self, deleting: list[RsKey]) -> Found:
         if not deleting:
             return {}
-        try:
-            return await self.world.client_reset.find(self._pairs(deleting))
-        except OSError as exc:
-            self._warn_once("conn-table", "cannot read the IPVS connection table; clients of "
-                            "removed real servers reconnect at their next packet", error=str(exc))
-            return {}
+        # Never raises: an unreadable table means no client found (nudge.read_clients).
+        return await self.world.client_reset.find(self._pairs(deleting))
 
     async def _ensure_access(self, now: float) -> None:
         """The VIP's route, address and link every reconcile; the iptables rule less often."""
