@@ -23,10 +23,11 @@ LABEL org.opencontainers.image.title="lvscare" \
       org.opencontainers.image.version="${VERSION}" \
       org.opencontainers.image.licenses="Apache-2.0" \
       org.opencontainers.image.source="https://github.com/lvscare/lvscare"
-# iptables for link mode's source NAT (both the legacy and nft backends come with it).
+# iptables for link mode's source NAT (both the legacy and nft backends come with it); ipset to
+# find and remove the Go lvscare's VIRTUAL-IP set on nodes that move from it (docs/migrating.md).
 # hadolint ignore=DL3008
 RUN apt-get update \
- && apt-get install -y --no-install-recommends iptables \
+ && apt-get install -y --no-install-recommends iptables ipset \
  && rm -rf /var/lib/apt/lists/*
 RUN --mount=type=bind,from=build,source=/wheels,target=/wheels \
     pip install --no-cache-dir --no-index --find-links=/wheels "lvscare==${VERSION}"

@@ -67,6 +67,7 @@ async def run_once(cfg: Config) -> list[Op]:
         keys = [service_key(vs) for vs in cfg.virtual_servers]
         ops = await reconcile(ipvs, desired_table(cfg.virtual_servers), keys)
         async with Access(cfg.iface, cfg.ip) as access:
+            await access.remove_go_leftovers(cfg.virtual_servers)
             for vs in cfg.virtual_servers:
                 await access.ensure(vs)
     for vs in cfg.virtual_servers:
@@ -77,8 +78,10 @@ async def run_once(cfg: Config) -> list[Op]:
 
 
 async def clean(cfg: Config) -> list[Op]:
-    """Delete our virtual servers and what their mode created; nothing else."""
+    """Delete our virtual servers and what their mode created, and what the Go lvscare created for
+    the same VIPs; nothing else."""
     async with IPVS() as ipvs, Access(cfg.iface, cfg.ip) as access:
+        await access.remove_go_leftovers(cfg.virtual_servers)
         return await remove_all(cfg, ipvs, access)
 
 

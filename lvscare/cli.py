@@ -15,7 +15,7 @@ import structlog
 
 from lvscare import __version__, log
 from lvscare.careflags import Parser, RaisingParser, add_care_flags, care_values, load_config
-from lvscare.config import DEFAULT_METRICS_ADDRESS, DEFAULT_VS, one_line, split_list
+from lvscare.config import DEFAULT_METRICS_ADDRESS, DEFAULT_VS, one_line, parse_bool, split_list
 from lvscare.errors import KernelError, RuntimeFailure, UserError
 
 
@@ -41,9 +41,13 @@ def make_parser(raise_errors: bool = False) -> argparse.ArgumentParser:
     sp.add_argument("--path", default=None, help="manifest directory (default /etc/kubernetes/manifests)")
     sp.add_argument("--options", action="append", default=[],
                     help="extra arguments for lvscare care, e.g. --options=--mode=link; repeatable")
-    sp.add_argument("--print", action="store_true", help="print the manifest instead of writing it")
-    sp.add_argument("--set-img", action="store_true",
+    # pflag booleans, as sealctl's: --print, --print=true, --print=false.
+    sp.add_argument("--print", nargs="?", const="true", default="false",
+                    help="print the manifest instead of writing it")
+    sp.add_argument("--set-img", dest="set_img", nargs="?", const="true", default="false",
                     help="only change the image of the existing manifest")
+    # sealctl's root flag; accepted so its command lines work, nothing more to log here.
+    sp.add_argument("--debug", nargs="?", const="true", default="false", help=argparse.SUPPRESS)
     version = sub.add_parser("version", help="print the version")
     version.add_argument("--short", action="store_true")
     return parser
@@ -88,10 +92,13 @@ def cmd_static_pod(args: argparse.Namespace) -> int:
 
     from lvscare import staticpod
 
+    to_stdout = parse_bool(args.print, "--print")
+    set_img = parse_bool(args.set_img, "--set-img")
+    parse_bool(args.debug, "--debug")
     image = staticpod.check_image(args.image or staticpod.DEFAULT_IMAGE)
     name = staticpod.check_name(args.name or staticpod.DEFAULT_NAME)
     path = Path(args.path or staticpod.DEFAULT_PATH) / f"{name}.yaml"
-    if args.set_img:
+    if set_img:
         if not path.exists():
             # As sealctl: sealos calls --set-img on every node, with or without lvscare.
             print(f"lvscare static-pod: {path} does not exist; nothing to update", file=sys.stderr)
@@ -101,7 +108,7 @@ def cmd_static_pod(args: argparse.Namespace) -> int:
         options = split_list(args.options, "--options")  # a pflag string slice: commas
         text = staticpod.render(staticpod.StaticPod(
             vip=args.vip, masters=tuple(args.masters), image=image, name=name, options=tuple(options)))
-    if args.print:
+    if to_stdout:
         sys.stdout.write(text)
         return 0
     try:

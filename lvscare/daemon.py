@@ -117,6 +117,7 @@ class Daemon:
         loop = asyncio.get_running_loop()
         try:
             await self.access.open()
+            await self.access.remove_go_leftovers(self.cfg.virtual_servers)
             changed = world.sysctls.ensure(_modes(self.cfg))
             if changed:
                 log.info("sysctls set", names=changed)

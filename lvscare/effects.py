@@ -44,6 +44,11 @@ class VipAccess(Protocol):
 
     async def remove(self, vs: VirtualServer) -> bool: ...
 
+    async def remove_go_leftovers(self, vss: Sequence[VirtualServer]) -> list[str]:
+        """Remove what the Go lvscare left for these VIPs; say what was removed. Never raises:
+        a leftover must not stop the daemon."""
+        ...
+
 
 class ClientReset(Protocol):
     """Resets the clients of real servers as they are deleted (``clientreset.ClientReset``):

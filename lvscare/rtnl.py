@@ -31,7 +31,7 @@ from lvscare.netlink import (
 RTM_NEWLINK, RTM_DELLINK, RTM_GETLINK = 16, 17, 18
 RTM_NEWADDR, RTM_DELADDR, RTM_GETADDR = 20, 21, 22
 RTM_NEWROUTE, RTM_DELROUTE, RTM_GETROUTE = 24, 25, 26
-RTA_DST, RTA_OIF, RTA_PRIORITY, RTA_PREFSRC, RTA_TABLE = 1, 4, 6, 7, 15
+RTA_DST, RTA_OIF, RTA_GATEWAY, RTA_PRIORITY, RTA_PREFSRC, RTA_TABLE = 1, 4, 5, 6, 7, 15
 IFLA_IFNAME, IFLA_LINKINFO, IFLA_IFALIAS, IFLA_INFO_KIND = 3, 18, 20, 1
 IFA_ADDRESS, IFA_LOCAL = 1, 2
 IFF_UP = 0x1
@@ -62,6 +62,7 @@ class Route:
     prefsrc: IPAddress | None
     oif: int | None
     priority: int | None
+    gateway: IPAddress | None = None
 
 
 def decode_route(payload: bytes) -> Route:
@@ -73,7 +74,8 @@ def decode_route(payload: bytes) -> Route:
 
     return Route(fam, _ip(attrs[RTA_DST]) if RTA_DST in attrs else None, dst_len,
                  u32(RTA_TABLE) or table, proto, scope, rtype,
-                 _ip(attrs[RTA_PREFSRC]) if RTA_PREFSRC in attrs else None, u32(RTA_OIF), u32(RTA_PRIORITY))
+                 _ip(attrs[RTA_PREFSRC]) if RTA_PREFSRC in attrs else None, u32(RTA_OIF), u32(RTA_PRIORITY),
+                 _ip(attrs[RTA_GATEWAY]) if RTA_GATEWAY in attrs else None)
 
 
 def encode_route(r: Route) -> bytes:
@@ -88,6 +90,8 @@ def encode_route(r: Route) -> bytes:
         body += nla(RTA_PREFSRC, r.prefsrc.packed)
     if r.priority is not None:
         body += nla(RTA_PRIORITY, struct.pack("=I", r.priority))
+    if r.gateway is not None:
+        body += nla(RTA_GATEWAY, r.gateway.packed)
     return body
 
 

@@ -21,11 +21,12 @@ import errno
 import os
 import shutil
 import subprocess
+from collections.abc import Sequence
 from pathlib import Path
 
 import structlog
 
-from lvscare import rtnl
+from lvscare import goleftovers, rtnl
 from lvscare.config import DEFAULT_IFACE, IPAddress, VirtualServer
 from lvscare.errors import KernelError
 from lvscare.netlink import NetlinkError, Socket
@@ -241,6 +242,17 @@ async def remove_dummy_address(nl: Socket, iface: str, vip: IPAddress) -> bool:
 # -- link mode: source NAT -------------------------------------------------------------------
 
 
+def iptables_binaries(version: int) -> list[str]:
+    """Every installed iptables backend (nft, legacy), each once."""
+    base = "iptables" if version == 4 else "ip6tables"
+    found = [shutil.which(n) for n in (f"{base}-nft", f"{base}-legacy", base)]
+    unique: list[str] = []
+    for path in found:
+        if path and os.path.realpath(path) not in map(os.path.realpath, unique):
+            unique.append(path)
+    return unique
+
+
 class Iptables:
     """Our nat rules, through the iptables binary of the backend the host already uses.
 
@@ -257,13 +269,7 @@ class Iptables:
         self._binary: str | None = None
 
     def _available(self) -> list[str]:
-        base = "iptables" if self.version == 4 else "ip6tables"
-        found = [shutil.which(n) for n in (f"{base}-nft", f"{base}-legacy", base)]
-        unique: list[str] = []
-        for path in found:
-            if path and os.path.realpath(path) not in map(os.path.realpath, unique):
-                unique.append(path)
-        return unique
+        return iptables_binaries(self.version)
 
     @staticmethod
     def _run(binary: str, *args: str) -> subprocess.CompletedProcess[str]:
@@ -407,6 +413,10 @@ class Access:
             if iptables:
                 changed |= await self.iptables(vip.version).ensure(vs)
         return changed
+
+    async def remove_go_leftovers(self, vss: Sequence[VirtualServer]) -> list[str]:
+        """Remove what the Go lvscare left for these VIPs (``goleftovers.py``)."""
+        return await goleftovers.remove(self.nl, vss, await asyncio.to_thread(iptables_binaries, 4))
 
     async def remove(self, vs: VirtualServer) -> bool:
         """Remove what any mode created for this VIP: -C works whatever --mode was used."""

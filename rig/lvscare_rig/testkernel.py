@@ -28,7 +28,7 @@ MODULES_DIR = "/usr/lib/uml/modules"
 _NOISE = re.compile(rb"SELinux|mmapper|ubd device|wtmp|^\s*$")
 # Modules loaded before the command; schedulers and xt_ipvs load on demand through the wrapper.
 PRELOAD = ("ip_vs", "ip_vs_rr", "ip_vs_wrr", "dummy", "veth", "xt_ipvs", "nf_nat",
-           "iptable_nat", "ip6table_nat", "xt_MASQUERADE", "xt_comment")
+           "iptable_nat", "ip6table_nat", "xt_MASQUERADE", "xt_comment", "xt_set", "xt_mark")
 
 _INIT = """#!/bin/sh
 export PATH={path} PYTHONDONTWRITEBYTECODE=1 TMPDIR=/var/tmp HOME=/var/tmp LVSCARE_TEST_KERNEL=1

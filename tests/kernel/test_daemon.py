@@ -400,3 +400,50 @@ def test_the_daemon_needs_only_the_pods_privileges(lab: Lab, mode: str) -> None:
         client.kill()
         client.wait()
         care.stop()
+
+
+
+def _without(cap: str) -> tuple[str, ...]:
+    keep = ",".join(f"+{c}" for c in sorted({"net_admin", "net_raw"} - {cap}))
+    return tuple(a.replace("+net_admin,+net_raw", keep) for a in POD_PRIVILEGES)
+
+
+@pytest.mark.parametrize(("cap", "mode"), [("net_admin", "route"), ("net_raw", "route"),
+                                           ("net_raw", "link")])
+def test_a_missing_privilege_names_the_operation_that_fails(lab: Lab, cap: str, mode: str) -> None:
+    """What docs/operating.md's privilege table says each capability is for, shown by taking it
+    away: without NET_ADMIN the daemon stops at its first IPVS read; without NET_RAW it keeps the
+    table healthy but cannot reset a removed real server's clients, and link mode cannot run
+    iptables."""
+    import json
+    import subprocess
+
+    init = lab.lvscare("care", "--run-once", "--vs", f"{VIP}:6443", "--mode", mode,
+                       *[a for b in lab.backends for a in ("--rs", b.address)])
+    assert init.returncode == 0, init.stderr
+    care = Care(lab, "--mode", mode, wrap=_without(cap))
+    if cap == "net_admin":
+        care.proc = subprocess.Popen(lab.node_cmd(*care.python, *care.argv),
+                                     stdout=subprocess.DEVNULL, stderr=care.log.open("ab"))
+        assert care.proc.wait(timeout=30) == 1
+        (failed,) = care.events("failed")
+        assert "IPVS read" in str(failed["error"]) and "CAP_NET_ADMIN" in str(failed["error"])
+        return
+    care.start()
+    client = subprocess.Popen(lab.node_cmd(sys.executable, "-c", IDLE_CLIENT, VIP),
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert client.stdout is not None
+        backend = json.loads(client.stdout.readline())["backend"]
+        (b,) = [x for x in lab.backends if x.name == backend]
+        lab.blackhole(b)
+        wait(lambda: b.address not in real_servers(lab), 10, care)
+        assert_traffic_avoids(lab, b.name)  # failover itself needs only NET_ADMIN
+        wait(lambda: any("CAP_NET_RAW" in json.dumps(e) for e in care.events()), 10, care)
+        if mode == "link":
+            wait(lambda: any("iptables" in str(e.get("error", "")) and "Permission denied"
+                             in str(e.get("error", "")) for e in care.events()), 15, care)
+    finally:
+        client.kill()
+        client.wait()
+        care.stop()

@@ -186,6 +186,12 @@ class FakeAccess:
         self.node.objects |= want
         return changed
 
+    async def remove_go_leftovers(self, vss: Sequence[VirtualServer]) -> list[str]:
+        vips = {str(vs.endpoint.ip) for vs in vss}
+        gone = sorted(o for o in self.node.objects if o[0] == "go" and o[1] in vips)
+        self.node.objects -= set(gone)
+        return [" ".join(o) for o in gone]
+
     async def remove(self, vs: VirtualServer) -> bool:
         vip = str(vs.endpoint.ip)
         self.node.removes.append((vip, self.iface))

@@ -64,10 +64,12 @@ class Run:
 
 
 def play(drive: Callable[[Run], Awaitable[None]], cfg: Config | None = None,
-         reload: Callable[[], Config] | None = None, start: float = 3.0) -> Run:
+         reload: Callable[[], Config] | None = None, start: float = 3.0,
+         node: set[tuple[str, ...]] | None = None) -> Run:
     """Start the daemon, let ``drive`` act on it, stop it. ``start``: the monotonic clock at
-    start, as a node's uptime."""
+    start, as a node's uptime; ``node``: what the node holds before the daemon starts."""
     run = Run(cfg or config(), reload)
+    run.fake.node.objects |= node or set()
 
     async def main() -> None:
         run.task = asyncio.create_task(run.daemon.run())
@@ -99,6 +101,15 @@ def test_the_vip_carries_traffic_from_the_first_reconcile_on_a_freshly_booted_no
         assert took < 0.1
 
     play(drive, start=3.0)
+
+
+def test_the_go_lvscares_leftovers_for_our_vip_go_at_start_and_only_those() -> None:
+    ours, foreign = ("go", VIP, "route"), ("go", "10.103.97.9", "route")
+
+    async def drive(r: Run) -> None:
+        assert ours not in r.fake.node.objects and foreign in r.fake.node.objects
+
+    play(drive, node={ours, foreign})
 
 
 @pytest.mark.parametrize("mode", ["route", "link"])

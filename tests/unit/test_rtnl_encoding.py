@@ -66,3 +66,12 @@ def test_link_decoder_reads_kind() -> None:
     msg["attrs"] = [("IFLA_IFNAME", "lvscare"), ("IFLA_LINKINFO", {"attrs": [("IFLA_INFO_KIND", "dummy")]})]
     msg.encode()
     assert rtnl._decode_link(bytes(msg.data[16:])) == rtnl.Link(9, 1, "dummy", None)
+
+
+def test_gateway_route_both_ways() -> None:
+    """Go lvscare's route-mode route (``VIP via NODE_IP metric 50``) as read and as deleted."""
+    r = rtnl.Route(socket.AF_INET, VIP4, 32, 254, 3, 0, 1, None, None, 50, SRC)
+    msg = _decode(rtmsg, netlink.header(rtnl.RTM_DELROUTE, netlink.NLM_F_REQUEST, 1, rtnl.encode_route(r)))
+    assert msg.get_attr("RTA_GATEWAY") == "10.200.1.1" and msg.get_attr("RTA_PRIORITY") == 50
+    assert (msg["table"], msg["proto"], msg["type"]) == (254, 3, 1)
+    assert rtnl.decode_route(bytes(msg.data[16:])) == r
