@@ -14,7 +14,7 @@ from pathlib import PurePosixPath
 import yaml
 
 from installer import hosts
-from lvscare.config import DEFAULT_PORT, DEFAULT_VIP
+from lvscare.config import DEFAULT_PORT, DEFAULT_VIP, STATIC_POD_LABEL
 
 _TOKEN = re.compile(r"^[a-z0-9]{6}\.[a-z0-9]{16}$")
 _HASH = re.compile(r"^sha256:[0-9a-f]{64}$")
@@ -132,6 +132,11 @@ def join_configuration(plan: Plan, token: JoinToken, api_version: str) -> str:
             "token": token.token,
             "caCertHashes": list(token.ca_hashes),
         }},
+        # The node says it runs lvscare as a static pod, so that the Helm chart's DaemonSet
+        # skips it (kubelets may set labels outside the kubernetes.io namespaces themselves).
+        "nodeRegistration": {"kubeletExtraArgs": (
+            [{"name": "node-labels", "value": f"{STATIC_POD_LABEL}=true"}]
+            if api_version.endswith("v1beta4") else {"node-labels": f"{STATIC_POD_LABEL}=true"})},
     }
     return yaml.safe_dump(doc, sort_keys=False)
 

@@ -13,7 +13,17 @@ from lvscare.config import Config
 from lvscare.effects import IpvsTable, VipAccess
 from lvscare.errors import KernelError
 from lvscare.ipvs import IPVS
-from lvscare.plan import Op, ServiceKey, Table, describe_op, desired_table, diff, op_key, service_key
+from lvscare.plan import (
+    Op,
+    ServiceKey,
+    Table,
+    describe_op,
+    desired_table,
+    diff,
+    op_key,
+    run_once_weights,
+    service_key,
+)
 from lvscare.tls import check_certificates
 from lvscare.vip import Access, ensure_sysctls
 
@@ -55,7 +65,8 @@ async def reconcile_observed(ipvs: IpvsTable, desired: Table,
 
 
 async def run_once(cfg: Config) -> list[Op]:
-    """Create the virtual servers with every real server at its configured weight, then exit.
+    """Create the virtual servers with every real server at its configured weight, then exit. A
+    virtual server the kernel already holds keeps the daemon's verdicts (``run_once_weights``).
 
     The probes' certificates are read first, as the daemon would: a file the daemon will refuse
     fails here, before any rule exists without a daemon able to keep it healthy."""
@@ -65,15 +76,19 @@ async def run_once(cfg: Config) -> list[Op]:
         if changed:
             log.info("sysctls set", names=changed)
         keys = [service_key(vs) for vs in cfg.virtual_servers]
-        ops = await reconcile(ipvs, desired_table(cfg.virtual_servers), keys)
+        weights = run_once_weights(cfg.virtual_servers, await ipvs.read(keys))
+        ops = await reconcile(ipvs, desired_table(cfg.virtual_servers, weights), keys)
         async with Access(cfg.iface, cfg.ip) as access:
             await access.remove_go_leftovers(cfg.virtual_servers)
             for vs in cfg.virtual_servers:
                 await access.ensure(vs)
     for vs in cfg.virtual_servers:
+        out = [str(rs.endpoint) for rs in vs.real_servers
+               if (vs.endpoint, rs.endpoint) in weights and weights[(vs.endpoint, rs.endpoint)] is None]
         log.info("virtual server ready", vs=str(vs.endpoint), mode=vs.mode,
-                 real_servers=[str(rs.endpoint) for rs in vs.real_servers],
-                 changes=sum(1 for op in ops if op_key(op) == service_key(vs)))
+                 real_servers=[str(rs.endpoint) for rs in vs.real_servers if str(rs.endpoint) not in out],
+                 changes=sum(1 for op in ops if op_key(op) == service_key(vs)),
+                 **({"left_out_as_the_daemon_left_them": out} if out else {}))
     return ops
 
 

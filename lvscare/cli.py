@@ -106,8 +106,18 @@ def cmd_static_pod(args: argparse.Namespace) -> int:
         text = staticpod.set_image(path, image)
     else:
         options = split_list(args.options, "--options")  # a pflag string slice: commas
-        text = staticpod.render(staticpod.StaticPod(
-            vip=args.vip, masters=tuple(args.masters), image=image, name=name, options=tuple(options)))
+        pod = staticpod.StaticPod(vip=args.vip, masters=tuple(args.masters), image=image, name=name,
+                                  options=tuple(options))
+        text = staticpod.render(pod)
+        if not to_stdout:
+            # Written here, so read here: the probes' certificates must be what the daemon accepts,
+            # or the pod would exit 2 at every start. (--print may run on another machine.)
+            from lvscare.careflags import load_config, parse_care_args
+            from lvscare.tls import check_certificates
+
+            argv = staticpod.care_args(pod.vip, pod.masters, pod.options)
+            check_certificates([vs.health for vs in load_config(parse_care_args(argv), {},
+                                                                 hosts=None).virtual_servers])
     if to_stdout:
         sys.stdout.write(text)
         return 0

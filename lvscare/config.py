@@ -31,6 +31,8 @@ DEFAULT_PORT = 6443
 DEFAULT_VS = f"{DEFAULT_VIP}:{DEFAULT_PORT}"
 METRICS_PORT = 10262
 DEFAULT_IFACE = "lvscare"  # the dummy interface of link mode
+# The node label of nodes that run lvscare as a static pod: the Helm chart's DaemonSet skips them.
+STATIC_POD_LABEL = "lvscare.io/static-pod"
 DEFAULT_METRICS_ADDRESS = f"127.0.0.1:{METRICS_PORT}"
 
 

@@ -51,6 +51,7 @@ CONFIRM_FRACTION = 0.25
 IPTABLES_EVERY = 10.0
 SYSCTLS_EVERY = 10.0  # for the metrics; reading them is three small files
 MAX_BACKOFF = 30.0
+STANDBY_RETRY = 1.0  # a standing-by daemon's look at the node's lock
 
 
 def raise_file_limit(ceiling: int = 1 << 16) -> None:
@@ -86,6 +87,7 @@ class Daemon:
         self._access_ready: set[str] = set()  # VIPs whose access was in place once since (re)load
         self._sysctls: dict[str, str | None] = {}
         self._sysctls_read: float | None = None
+        self._sysctls_failing = False
         self._warned: set[str] = set()
         self._web: WebServer | None = None
 
@@ -111,40 +113,61 @@ class Daemon:
     async def run(self) -> int:
         raise_file_limit()
         world = self.world
-        for vs in self.cfg.virtual_servers:
-            world.prober.prepare(vs.health)
-        await world.ipvs.open()
         loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGTERM, self.request_stop, "SIGTERM")
+        loop.add_signal_handler(signal.SIGINT, self.request_stop, "SIGINT")
+        loop.add_signal_handler(signal.SIGHUP, self.request_reload)
         try:
-            await self.access.open()
-            await self.access.remove_go_leftovers(self.cfg.virtual_servers)
-            changed = world.sysctls.ensure(_modes(self.cfg))
-            if changed:
-                log.info("sysctls set", names=changed)
-            await world.prober.start()
-            if self.cfg.metrics_address:
-                await self._serve(self.cfg.metrics_address)
-            self._log(self.core.adopt(await world.ipvs.read(self.core.service_keys), self._now()))
-            loop.add_signal_handler(signal.SIGTERM, self.request_stop, "SIGTERM")
-            loop.add_signal_handler(signal.SIGINT, self.request_stop, "SIGINT")
-            loop.add_signal_handler(signal.SIGHUP, self.request_reload)
-            self._start_probes()
-            log.info("started", virtual_servers=[str(v.endpoint) for v in self.cfg.virtual_servers],
-                     interval=self.cfg.interval, pid=os.getpid())
-            await self._reconcile_loop()
-            await self._stop_serving()
-            if self.cfg.clean_on_exit:
-                await remove_all(self.cfg, world.ipvs, self.access)
-            return 0
+            if not await self._claim():
+                return 0
+            for vs in self.cfg.virtual_servers:
+                world.prober.prepare(vs.health)
+            await world.ipvs.open()
+            try:
+                await self.access.open()
+                await self.access.remove_go_leftovers(self.cfg.virtual_servers)
+                self._ensure_sysctls()
+                await world.prober.start()
+                if self.cfg.metrics_address:
+                    await self._serve(self.cfg.metrics_address)
+                self._log(self.core.adopt(await world.ipvs.read(self.core.service_keys), self._now()))
+                self._start_probes()
+                log.info("started", virtual_servers=[str(v.endpoint) for v in self.cfg.virtual_servers],
+                         interval=self.cfg.interval, pid=os.getpid())
+                await self._reconcile_loop()
+                await self._stop_serving()
+                if self.cfg.clean_on_exit:
+                    await remove_all(self.cfg, world.ipvs, self.access)
+                return 0
+            finally:
+                await self._stop_probes()
+                await self._stop_serving()
+                await world.prober.close()
+                world.client_reset.close()
+                self.access.close()
+                world.ipvs.close()
         finally:
             for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 loop.remove_signal_handler(sig)
-            await self._stop_probes()
-            await self._stop_serving()
-            await world.prober.close()
-            world.client_reset.close()
-            self.access.close()
-            world.ipvs.close()
+            world.lock.release()
+
+    async def _claim(self) -> bool:
+        """Take the node's lock on our virtual servers (``nodelock.py``); while another lvscare
+        holds it (the static pod next to the DaemonSet's pod), stand by without touching the
+        kernel, and take over within ``STANDBY_RETRY`` of its end. False: stopped meanwhile."""
+        endpoints = [vs.endpoint for vs in self.cfg.virtual_servers]
+        if self.world.lock.acquire(endpoints):
+            return True
+        names = [str(e) for e in endpoints]
+        log.warning("another lvscare manages these virtual servers on this node; standing by "
+                    "until it stops", virtual_servers=names, pid=os.getpid())
+        while not self._stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), STANDBY_RETRY)
+            if not self._stop.is_set() and self.world.lock.acquire(endpoints):
+                log.info("the other lvscare has stopped; taking over", virtual_servers=names)
+                return True
+        return False
 
     def request_stop(self, name: str = "stop") -> None:
         log.info("stopping", signal=name, rules="removed" if self.cfg.clean_on_exit else "kept")
@@ -187,6 +210,10 @@ class Daemon:
         except Exception as exc:  # a validation bug must not end the daemon
             log.error("reload failed, keeping the running configuration", error=repr(exc))
             return
+        if not self.world.lock.acquire([vs.endpoint for vs in new.virtual_servers]):
+            log.error("reload failed, keeping the running configuration: another lvscare "
+                      "manages one of its virtual servers on this node")
+            return
         old, old_access = self.cfg, self.access
         diff = self.core.reload(new, self._now())
         await self._stop_probes()
@@ -204,12 +231,7 @@ class Daemon:
         old_access.close()
         self.access = self.world.access(new)
         await self.access.open()
-        try:
-            changed = self.world.sysctls.ensure(_modes(new))
-            if changed:
-                log.info("sysctls set", names=changed)
-        except KernelError as exc:
-            log.error("reload: cannot set sysctls", error=str(exc))
+        self._ensure_sysctls()
         if (new.log_level, new.log_format) != (old.log_level, old.log_format):
             logsetup.configure(new.log_level, new.log_format)
         if new.metrics_address != old.metrics_address:
@@ -374,9 +396,32 @@ class Daemon:
             self.metrics.nudged(vip, n)
             log.info("clients nudged", vs=str(vip), rs=str(rs), clients=n)
 
+    def _ensure_sysctls(self) -> None:
+        """Set the sysctls the configuration needs. The pod's daemon cannot write them (its
+        ``/proc/sys`` is read-only: the init container does), and kubelet re-runs init containers
+        only when the pod is recreated: a crash here would loop. So a sysctl that is wrong and
+        cannot be written is logged once per episode, counted, and the daemon keeps serving:
+        failover works without it, only slower for clients of a deleted real server."""
+        try:
+            changed = self.world.sysctls.ensure(_modes(self.cfg))
+        except KernelError as exc:
+            if not self._sysctls_failing:
+                self._sysctls_failing = True
+                self.metrics.reconcile_error("sysctl")
+                log.error("sysctl not as lvscare needs and cannot be written; serving without it "
+                          "(set it on the node, or recreate the pod to re-run its init container)",
+                          error=str(exc))
+            return
+        if self._sysctls_failing:
+            self._sysctls_failing = False
+            log.info("sysctls as lvscare needs again")
+        if changed:
+            log.info("sysctls set", names=changed)
+
     def _publish(self) -> None:
         now = self._now()
         if self._sysctls_read is None or now - self._sysctls_read >= SYSCTLS_EVERY:
+            self._ensure_sysctls()
             self._sysctls = self.world.sysctls.read()
             self._sysctls_read = now
         self.snapshot = self.core.snapshot(self._sysctls)

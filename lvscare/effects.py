@@ -79,6 +79,13 @@ class Sysctls(Protocol):
     def read(self) -> dict[str, str | None]: ...
 
 
+class Lock(Protocol):
+    """One daemon per virtual server on a node (``nodelock.NodeLock``)."""
+
+    def acquire(self, virtual_servers: Iterable[Endpoint]) -> bool: ...
+    def release(self) -> None: ...
+
+
 @dataclass
 class World:
     """Everything the daemon acts on. ``access`` is built per configuration (it holds the
@@ -89,10 +96,12 @@ class World:
     client_reset: ClientReset
     prober: Prober
     sysctls: Sysctls
+    lock: Lock
 
     @classmethod
     def real(cls) -> World:
-        from lvscare import clientreset, ipvs, prober, vip
+        from lvscare import clientreset, ipvs, nodelock, prober, vip
 
         return cls(ipvs.IPVS(), lambda cfg: vip.Access(cfg.iface, cfg.ip),
-                   clientreset.ClientReset(), prober.Prober(), vip.KernelSysctls())
+                   clientreset.ClientReset(), prober.Prober(), vip.KernelSysctls(),
+                   nodelock.NodeLock())

@@ -136,6 +136,27 @@ def desired_table(
     return table
 
 
+def run_once_weights(virtual_servers: Iterable[VirtualServer], kernel: Table) -> dict[RsKey, int | None]:
+    """``--run-once``'s weights (for ``desired_table``), given the kernel's table.
+
+    A virtual server the kernel does not hold (a boot, a first join) gets every real server at its
+    configured weight: kubelet needs the VIP before any daemon runs. One it holds was last kept by
+    a daemon whose pod is being recreated (an upgrade, a rollout): its verdicts stand, so a real
+    server it removed stays out and one it drained stays at weight 0, until the new daemon's
+    probes say otherwise (the others take their configured weight). Otherwise every pod
+    recreation would re-admit a dead apiserver."""
+    weights: dict[RsKey, int | None] = {}
+    for vs in virtual_servers:
+        existing = kernel.get(service_key(vs))
+        if existing is None:
+            continue
+        for rs in vs.real_servers:
+            dest = existing.dests.get(rs.endpoint)
+            if dest is None or dest.weight == 0:  # removed or drained: stays so
+                weights[(vs.endpoint, rs.endpoint)] = None if dest is None else 0
+    return weights
+
+
 def diff(desired: Table, kernel: Table, owned: Iterable[ServiceKey]) -> list[Op]:
     """Operations that turn ``kernel`` into ``desired`` for the services in ``owned``.
 

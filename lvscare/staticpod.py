@@ -9,7 +9,8 @@ Privileges: the long-running container has only CAP_NET_ADMIN (IPVS and routes o
 CAP_NET_RAW (iptables in link mode; the raw packets of ``lvscare.nudge``). Container runtimes
 mount ``/proc/sys`` read-only unless the container is privileged, so a privileged init container
 runs the same arguments with ``--run-once``: it writes the sysctls after a reboot and puts the
-rules back before the daemon starts, then exits. The daemon only verifies those sysctls.
+rules back before the daemon starts, then exits. The daemon checks those sysctls and reports one it
+cannot set (docs/operating.md#privileges).
 """
 
 from __future__ import annotations
@@ -51,8 +52,10 @@ _DOMAIN = rf"{_LABEL}(?:\.{_LABEL})*(?::[0-9]+)?"
 _PATH = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
 _IMAGE = re.compile(rf"(?:{_DOMAIN}/)?{_PATH}(?:/{_PATH})*(?::[\w][\w.-]{{0,127}})?"
                     r"(?:@[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9a-fA-F]{32,})?")
-# Flags naming files on the node: the pod mounts none of them, so the daemon could not read them.
-_HOST_FILES = ("--config", "--health-ca", "--health-cert", "--health-key")
+# The probes' certificates are mounted from the node (read-only, at the same path). A --config file
+# is not: the manifest itself is the configuration, and a file beside it would be a second one.
+_HOST_FILES = ("--config",)
+CERTIFICATE_FLAGS = ("health-ca", "health-cert", "health-key")
 
 
 def check_name(name: str) -> str:
@@ -131,6 +134,24 @@ def _check(args: list[str]) -> None:
     if "run-once" in values or "clean" in values:
         raise UserError("--options: --run-once and -C make no sense in a long-running pod")
     load_config(values, {}, hosts=None)
+    for flag, path in certificates(args):
+        if not path.startswith("/"):
+            raise UserError(f"--options: --{flag} {show(path)} must be an absolute path on the node")
+
+
+def certificates(args: list[str]) -> list[tuple[str, str]]:
+    """The probes' certificate files the arguments name, as (flag, path): the pod mounts them."""
+    health = load_config(parse_care_args(args), {}, hosts=None).virtual_servers[0].health
+    paths = {"health-ca": health.ca, "health-cert": health.cert, "health-key": health.key}
+    return [(flag, path) for flag in CERTIFICATE_FLAGS if (path := paths[flag])]
+
+
+def certificate_mounts(args: list[str]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Volumes and read-only mounts (at the same path) for the files of ``certificates``."""
+    named = certificates(args)
+    volumes = [{"name": flag, "hostPath": {"path": path, "type": "File"}} for flag, path in named]
+    mounts = [{"name": flag, "mountPath": path, "readOnly": True} for flag, path in named]
+    return volumes, mounts
 
 
 def manifest(pod: StaticPod) -> dict[str, Any]:
@@ -141,6 +162,7 @@ def manifest(pod: StaticPod) -> dict[str, Any]:
     lib_modules = {"name": "lib-modules", "mountPath": "/lib/modules", "readOnly": True}
     # iptables (link mode) takes this lock; sharing the host's serialises us with kube-proxy.
     xtables_lock = {"name": "xtables-lock", "mountPath": "/run/xtables.lock"}
+    cert_volumes, cert_mounts = certificate_mounts(args)
     labels = {"app.kubernetes.io/name": "lvscare", "component": "lvscare", "tier": "control-plane"}
     return {
         "apiVersion": "v1",
@@ -157,7 +179,7 @@ def manifest(pod: StaticPod) -> dict[str, Any]:
                 "command": ["lvscare"],
                 "args": [*args, "--run-once"],
                 "securityContext": {"privileged": True, "runAsUser": 0},
-                "volumeMounts": [lib_modules, xtables_lock],
+                "volumeMounts": [lib_modules, xtables_lock, *cert_mounts],
             }],
             "containers": [{
                 "name": pod.name,
@@ -180,11 +202,12 @@ def manifest(pod: StaticPod) -> dict[str, Any]:
                     "limits": {"cpu": "200m", "memory": "128Mi"},
                 },
                 **({"livenessProbe": probe} if probe else {}),
-                "volumeMounts": [lib_modules, xtables_lock],
+                "volumeMounts": [lib_modules, xtables_lock, *cert_mounts],
             }],
             "volumes": [
                 {"name": "lib-modules", "hostPath": {"path": "/lib/modules", "type": ""}},
                 {"name": "xtables-lock", "hostPath": {"path": "/run/xtables.lock", "type": "FileOrCreate"}},
+                *cert_volumes,
             ],
         },
     }

@@ -94,10 +94,15 @@ class Care:
                                  [sys.executable, "-c", FRESH_CLOCK, str(uptime)])]
         self.proc: subprocess.Popen[bytes] | None = None
 
-    def start(self, wait_for: list[str] | None = None) -> Care:
+    def spawn(self) -> Care:
+        """Start, waiting for nothing."""
         self.proc = subprocess.Popen(
             self.lab.node_cmd(*self.python, *self.argv),
             stdout=subprocess.DEVNULL, stderr=self.log.open("ab"))
+        return self
+
+    def start(self, wait_for: list[str] | None = None) -> Care:
+        self.spawn()
         addrs = wait_for if wait_for is not None else [b.address for b in self.lab.backends]
         wait(lambda: all(a in self.lab.ipvsadm() for a in addrs), 60, self)
         wait(lambda: any(e["event"] == "started" for e in self.events()), 30, self)

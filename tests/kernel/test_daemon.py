@@ -423,9 +423,7 @@ def test_a_missing_privilege_names_the_operation_that_fails(lab: Lab, cap: str, 
     assert init.returncode == 0, init.stderr
     care = Care(lab, "--mode", mode, wrap=_without(cap))
     if cap == "net_admin":
-        care.proc = subprocess.Popen(lab.node_cmd(*care.python, *care.argv),
-                                     stdout=subprocess.DEVNULL, stderr=care.log.open("ab"))
-        assert care.proc.wait(timeout=30) == 1
+        assert care.spawn().proc is not None and care.proc.wait(timeout=30) == 1
         (failed,) = care.events("failed")
         assert "IPVS read" in str(failed["error"]) and "CAP_NET_ADMIN" in str(failed["error"])
         return
@@ -447,3 +445,64 @@ def test_a_missing_privilege_names_the_operation_that_fails(lab: Lab, cap: str, 
         client.kill()
         client.wait()
         care.stop()
+
+
+def test_recreating_the_pod_does_not_put_a_dead_apiserver_back(lab: Lab) -> None:
+    """An upgrade or a rollout: the daemon stops (its rules stay), the init container's --run-once
+    runs, a new daemon starts. A real server the first daemon removed must not come back, at no
+    moment of that; a node whose table is empty (a reboot) still gets every real server."""
+    from .helpers import log_events
+
+    argv = ["care", "--run-once", "--vs", f"{VIP}:6443", "--log-format", "json",
+            *[a for b in lab.backends for a in ("--rs", b.address)]]
+    assert lab.lvscare(*argv).returncode == 0
+    care = Care(lab).start()
+    dead = lab.backends[1]
+    lab.blackhole(dead)
+    wait(lambda: dead.address not in real_servers(lab), 10, care)
+    assert care.signal(signal.SIGTERM) == 0
+    again = lab.lvscare(*argv)
+    assert again.returncode == 0, again.stderr
+    assert dead.address not in real_servers(lab)
+    (ready,) = [e for e in log_events(again.stderr) if e["event"] == "virtual server ready"]
+    assert ready["left_out_as_the_daemon_left_them"] == [dead.address]
+    others = [b.address for b in lab.backends if b is not dead]
+    care = Care(lab).start(wait_for=others)
+    try:
+        end = time.monotonic() + 3
+        while time.monotonic() < end:
+            assert dead.address not in real_servers(lab)
+            time.sleep(0.1)
+        lab.blackhole(dead, on=False)
+        wait(lambda: real_servers(lab).get(dead.address) == ("Masq", 1), 10, care)
+    finally:
+        care.stop()
+    # A reboot: the table is gone; --run-once puts every real server in.
+    lab.run("ipvsadm", "-C")
+    assert lab.lvscare(*argv).returncode == 0
+    assert set(real_servers(lab)) == {b.address for b in lab.backends}
+
+
+def test_a_second_daemon_on_the_node_stands_by_and_takes_over(lab: Lab) -> None:
+    """The static pod and the DaemonSet's pod on one node: the second writes nothing while the
+    first runs (its different real-server list would otherwise fight the first's), and takes
+    over when the first dies, even by SIGKILL."""
+    first = Care(lab).start()
+    only = lab.backends[0].address
+    second = Care(lab, rs=[only]).spawn()
+    try:
+        wait(lambda: second.events("another lvscare manages these virtual servers on this node; "
+                                   "standing by until it stops"), 20, second)
+        end = time.monotonic() + 3
+        while time.monotonic() < end:
+            assert set(real_servers(lab)) == {b.address for b in lab.backends}
+            time.sleep(0.1)
+        assert first.proc is not None
+        first.proc.kill()
+        first.proc.wait()
+        took = wait(lambda: set(real_servers(lab)) == {only}, 10, second)
+        assert second.events("the other lvscare has stopped; taking over")
+        print(f"taken over {took:.2f}s after the first daemon died")
+    finally:
+        first.stop()
+        second.stop()

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from lvscare.clientreset import Found, ResetResult
 from lvscare.config import Config, Endpoint, HealthCheck, IPAddress, VirtualServer
 from lvscare.effects import World
+from lvscare.errors import KernelError
 from lvscare.health import Outcome, ProbeResult
 from lvscare.ipvs import ApplyResult, OpError
 from lvscare.plan import (
@@ -295,15 +296,42 @@ class FakeClientReset:
 
 
 class FakeSysctls:
+    """``values`` as the kernel holds them; ``writable``: False as in the pod's daemon container."""
+
     def __init__(self) -> None:
         self.modes: list[set[str]] = []
+        self.values: dict[str, str | None] = {"net/ipv4/vs/expire_nodest_conn": "1"}
+        self.writable = True
 
     def ensure(self, modes: set[str]) -> list[str]:
         self.modes.append(modes)
-        return []
+        if self.values.get("net/ipv4/vs/expire_nodest_conn") == "1":
+            return []
+        if not self.writable:
+            raise KernelError("cannot set sysctl net.ipv4.vs.expire_nodest_conn=1: Read-only file system")
+        self.values["net/ipv4/vs/expire_nodest_conn"] = "1"
+        return ["net.ipv4.vs.expire_nodest_conn"]
 
     def read(self) -> dict[str, str | None]:
-        return {"net/ipv4/vs/expire_nodest_conn": "1"}
+        return dict(self.values)
+
+
+class FakeLock:
+    """The node's locks: ``others`` are held by another lvscare."""
+
+    def __init__(self) -> None:
+        self.others: set[str] = set()
+        self.held: set[str] = set()
+
+    def acquire(self, virtual_servers: Iterable[Endpoint]) -> bool:
+        wanted = {str(v) for v in virtual_servers}
+        if wanted & self.others:
+            return False
+        self.held = wanted
+        return True
+
+    def release(self) -> None:
+        self.held = set()
 
 
 @dataclass
@@ -313,13 +341,14 @@ class FakeWorld:
     prober: FakeProber = field(default_factory=FakeProber)
     client_reset: FakeClientReset = field(default_factory=FakeClientReset)
     sysctls: FakeSysctls = field(default_factory=FakeSysctls)
+    lock: FakeLock = field(default_factory=FakeLock)
 
     def __post_init__(self) -> None:
         self.client_reset.kernel = self.ipvs
 
     def world(self) -> World:
         return World(self.ipvs, lambda cfg: FakeAccess(self.node, cfg.iface, cfg.ip),
-                     self.client_reset, self.prober, self.sysctls)
+                     self.client_reset, self.prober, self.sysctls, self.lock)
 
 
 def ep(text: str) -> Endpoint:

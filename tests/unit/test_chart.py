@@ -21,7 +21,9 @@ REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "helm" / "lvscare"
 VALUES: dict[str, Any] = {"realServers": ["192.168.0.2:6443", "192.168.0.3:6443", "192.168.0.4:6443"]}
 EVERYTHING: dict[str, Any] = {
-    **VALUES, "mode": "link", "health": {"status": [401], "interval": "2s"},
+    **VALUES, "mode": "link", "health": {"status": [401], "interval": "2s",
+                                         "ca": "/etc/kubernetes/pki/ca.crt",
+                                         "cert": "/etc/lvscare/probe.crt", "key": "/etc/lvscare/probe.key"},
     "metrics": {"address": "0.0.0.0:10262"}, "extraArgs": ["--all-down", "empty"],
     "serviceMonitor": {"enabled": True}, "prometheusRule": {"enabled": True},
     "grafanaDashboard": {"enabled": True},
@@ -67,6 +69,7 @@ def _options(values: dict[str, Any]) -> list[str]:
             "--interval", health["interval"], "--rise", str(health["rise"]), "--fall", str(health["fall"])]
     for code in health["status"]:
         opts += ["--health-status", str(code)]
+    opts += [f"--health-{name}={health[name]}" for name in ("ca", "cert", "key") if health.get(name)]
     opts += ["--metrics-address", values.get("metrics", {}).get("address", "127.0.0.1:10262")]
     return opts + values.get("extraArgs", [])
 
@@ -87,6 +90,17 @@ def test_daemonset_runs_what_the_static_pod_runs(values: dict[str, Any]) -> None
     ns = make_parser(raise_errors=True).parse_args(main["args"])
     cfg = load_config({k: v for k, v in vars(ns).items() if k != "command"}, {})
     assert [str(rs.endpoint) for rs in cfg.virtual_servers[0].real_servers] == values["realServers"]
+
+
+def test_nodes_that_run_the_static_pod_are_skipped() -> None:
+    """The label installer join gives the nodes it puts the static pod on keeps the DaemonSet off
+    them (tests/unit/test_installer.py checks the label; the kernel tests, the lock behind it)."""
+    from lvscare.config import STATIC_POD_LABEL
+
+    pod = by_kind(render(VALUES), "DaemonSet")["spec"]["template"]["spec"]
+    terms = pod["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+    assert terms["nodeSelectorTerms"] == [
+        {"matchExpressions": [{"key": STATIC_POD_LABEL, "operator": "DoesNotExist"}]}]
 
 
 def test_liveness_probe_follows_the_metrics_address() -> None:
@@ -113,6 +127,11 @@ def test_monitoring_objects_carry_the_repository_rules_and_dashboard() -> None:
     ({**VALUES, "mode": "ipvs"}, "/mode"),
     ({**VALUES, "health": {"status": [200]}}, "/health/status/0"),
     ({**VALUES, "virtualserver": "10.0.0.1:6443"}, "virtualserver"),
+    ({**VALUES, "realServers": ["300.1.1.1:6443"]}, "/realServers/0"),
+    ({**VALUES, "realServers": ["10.0.0.1:65536"]}, "/realServers/0"),
+    ({**VALUES, "virtualServer": "10.103.97.256:6443"}, "/virtualServer"),
+    ({**VALUES, "metrics": {"address": "127.0.0.1:99999"}}, "/metrics/address"),
+    ({**VALUES, "health": {"ca": "pki/ca.crt"}}, "/health/ca"),
 ])
 def test_bad_values_fail_at_install_with_the_key_named(values: dict[str, Any], message: str) -> None:
     with pytest.raises(HelmValuesError, match=message):

@@ -65,15 +65,18 @@ class Run:
 
 def play(drive: Callable[[Run], Awaitable[None]], cfg: Config | None = None,
          reload: Callable[[], Config] | None = None, start: float = 3.0,
-         node: set[tuple[str, ...]] | None = None) -> Run:
+         node: set[tuple[str, ...]] | None = None, setup: Callable[[Run], None] | None = None,
+         started: str = "started") -> Run:
     """Start the daemon, let ``drive`` act on it, stop it. ``start``: the monotonic clock at
     start, as a node's uptime; ``node``: what the node holds before the daemon starts."""
     run = Run(cfg or config(), reload)
     run.fake.node.objects |= node or set()
+    if setup is not None:
+        setup(run)
 
     async def main() -> None:
         run.task = asyncio.create_task(run.daemon.run())
-        await run.until(lambda: run.events("started"), 1)
+        await run.until(lambda: run.events(started), 1)
         try:
             await drive(run)
         finally:
@@ -110,6 +113,54 @@ def test_the_go_lvscares_leftovers_for_our_vip_go_at_start_and_only_those() -> N
         assert ours not in r.fake.node.objects and foreign in r.fake.node.objects
 
     play(drive, node={ours, foreign})
+
+
+def test_a_sysctl_it_cannot_write_is_reported_once_and_the_daemon_keeps_serving() -> None:
+    """The pod's daemon has a read-only /proc/sys and kubelet does not re-run the init container
+    on a container restart: exiting would crash-loop. It logs once, counts, keeps failing over,
+    and says so when the sysctl is right again."""
+
+    async def drive(r: Run) -> None:
+        sysctls = r.fake.sysctls
+        await r.until(lambda: r.fake.ipvs.weights() == ALL, 2)
+        sysctls.values["net/ipv4/vs/expire_nodest_conn"] = "0"  # someone on the node
+        await r.until(lambda: r.events("sysctl not as lvscare needs and cannot be written; serving "
+                                       "without it (set it on the node, or recreate the pod to "
+                                       "re-run its init container)"), 12)
+        r.fake.prober.kill(ep(RS2))
+        await r.until(lambda: RS2 not in r.fake.ipvs.weights(), 2)
+        await asyncio.sleep(25)  # more checks: still one line, one count
+        assert len([e for e in r.logs if e["event"].startswith("sysctl not as")]) == 1
+        assert r.daemon.metrics.reconcile_errors == {"sysctl": 1}
+        sysctls.values["net/ipv4/vs/expire_nodest_conn"] = "1"  # set on the node
+        await r.until(lambda: r.events("sysctls as lvscare needs again"), 12)
+
+    def unwritable(r: Run) -> None:
+        r.fake.sysctls.writable = False
+
+    play(drive, setup=unwritable)
+
+
+def test_a_second_daemon_stands_by_without_touching_anything_and_takes_over() -> None:
+    """The static pod holds the node's lock; the DaemonSet's daemon on the same node waits,
+    writes nothing, answers SIGTERM, and takes over within a second of the other's end."""
+
+    async def drive(r: Run) -> None:
+        assert r.events("another lvscare manages these virtual servers on this node; standing by "
+                        "until it stops")
+        await asyncio.sleep(5)
+        assert r.fake.ipvs.weights() == {} and r.fake.node.objects == set()
+        assert r.fake.node.open_accesses == 0 and r.fake.prober.probes == []
+        r.fake.lock.others.clear()  # the static pod is gone
+        assert await r.until(lambda: r.fake.ipvs.weights() == ALL, 3) < 1.5
+        assert r.events("the other lvscare has stopped; taking over")
+        assert r.fake.lock.held == {"10.103.97.2:6443"}
+
+    def held_elsewhere(r: Run) -> None:
+        r.fake.lock.others.add("10.103.97.2:6443")
+
+    play(drive, setup=held_elsewhere, started="another lvscare manages these virtual servers on "
+         "this node; standing by until it stops")
 
 
 @pytest.mark.parametrize("mode", ["route", "link"])

@@ -67,6 +67,24 @@ def test_join_command_parsing() -> None:
         parse_join_command("error: not a master\n")
 
 
+@pytest.mark.parametrize("version", ["v1.30.4", "v1.31.0"])
+def test_join_configuration_labels_the_node_as_a_static_pod_node(version: str) -> None:
+    """kubeadm's own shape for kubelet flags: a map in v1beta3, a list of name/value in v1beta4."""
+    import yaml
+
+    from installer.plan import join_configuration
+    from lvscare.config import STATIC_POD_LABEL
+
+    plan = Plan(masters=("10.0.0.2",), nodes=("10.0.0.9",), user="root")
+    token = parse_join_command("kubeadm join 10.0.0.2:6443 --token abcdef.0123456789abcdef "
+                               "--discovery-token-ca-cert-hash sha256:" + "a" * 64)
+    doc = yaml.safe_load(join_configuration(plan, token, kubeadm_api_version(version)))
+    extra = doc["nodeRegistration"]["kubeletExtraArgs"]
+    flags = {a["name"]: a["value"] for a in extra} if isinstance(extra, list) else extra
+    assert flags == {"node-labels": f"{STATIC_POD_LABEL}=true"}
+    assert isinstance(extra, list) == doc["apiVersion"].endswith("v1beta4")
+
+
 def test_kubeadm_api_version() -> None:
     assert kubeadm_api_version("v1.30.4") == "kubeadm.k8s.io/v1beta3"
     assert kubeadm_api_version("v1.31.0\n") == "kubeadm.k8s.io/v1beta4"

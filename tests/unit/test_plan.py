@@ -20,6 +20,7 @@ from lvscare.plan import (
     Table,
     desired_table,
     diff,
+    run_once_weights,
 )
 
 
@@ -128,3 +129,21 @@ def test_any_plan_converges_in_one_round(kernel_spec, want_spec) -> None:  # typ
     assert after.get(FOREIGN) == foreign[FOREIGN]
     assert after.get(KEY) == want.get(KEY)
     assert diff(want, after, [KEY]) == []
+
+
+def test_run_once_keeps_the_daemons_verdicts_on_a_table_it_finds() -> None:
+    """A recreated pod's --run-once must not put back what the daemon removed or drained; a
+    booted node (no virtual server) gets everything."""
+    vs = (VirtualServer(VS.endpoint, tuple(RealServer(ep(f"10.0.0.{i}:6443")) for i in (1, 2, 3, 4))),)
+    assert run_once_weights(vs, {}) == {}
+    kernel = desired_table(vs)
+    key = next(iter(kernel))
+    a, b, c, d = (ep(f"10.0.0.{i}:6443") for i in (1, 2, 3, 4))
+    del kernel[key].dests[b]  # removed by the daemon (dead)
+    kernel[key].dests[c] = Dest(c, 0)  # drained by the daemon (bad status)
+    kernel[key].dests[d] = Dest(d, 7)  # healthy, another weight than configured
+    weights = run_once_weights(vs, kernel)
+    vip = vs[0].endpoint
+    assert weights == {(vip, b): None, (vip, c): 0}
+    table = desired_table(vs, weights)
+    assert {e: dst.weight for e, dst in table[key].dests.items()} == {a: 1, c: 0, d: 1}

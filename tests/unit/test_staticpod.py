@@ -89,7 +89,9 @@ def test_bare_master_addresses_take_the_vip_port() -> None:
     (["--masters", "10.0.0.2", "--image", "not an image"],
      "--image: 'not an image' is not an image reference"),
     (["--masters", "10.0.0.2", "--image", "Lvscare:1"], "is not an image reference"),
-    (["--masters", "10.0.0.2", "--options=--health-ca=/etc/pki/ca.crt"], "names a file on the node"),
+    (["--masters", "10.0.0.2", "--options=--health-ca=/nonexistent/ca.crt"],
+     "--health-ca '/nonexistent/ca.crt': No such file or directory"),
+    (["--masters", "10.0.0.2", "--options=--health-ca=ca.crt"], "must be an absolute path on the node"),
     (["--masters", "10.0.0.2", "--options", "--config", "--options", "/etc/lvscare.yaml"],
      "names a file on the node"),
     (["--set-img", "--image", "a b"], "--image: 'a b' is not an image reference"),
@@ -149,3 +151,30 @@ def test_care_flags_are_never_abbreviated(abbreviation: list[str]) -> None:
     p = subprocess.run([sys.executable, "-m", "lvscare", "care", "--run-once", "--vs", "10.103.97.2:6443",
                         "--rs", "10.0.0.2:6443", *abbreviation], capture_output=True, text=True, timeout=60)
     assert p.returncode == 2 and "unrecognized arguments" in p.stderr, p.stderr
+
+
+def test_the_probes_certificates_are_checked_and_mounted_read_only(tmp_path: Path) -> None:
+    """A client certificate for the probes (docs/troubleshooting.md): the files are checked where
+    the manifest is written and mounted from the node at the same path, in both containers."""
+    from lvscare_rig.topology import make_certificate
+
+    cert, key = make_certificate(tmp_path)
+    out = tmp_path / "manifests"
+    assert main(["static-pod", "--path", str(out), "--masters", "10.0.0.2",
+                 "--options", f"--health-ca={cert}", "--options", f"--health-cert={cert}",
+                 "--options", f"--health-key={key}"]) == 0
+    spec = yaml.safe_load((out / "kube-sealos-lvscare.yaml").read_text())["spec"]
+    volumes = {v["name"]: v["hostPath"] for v in spec["volumes"]}
+    assert volumes["health-ca"] == {"path": str(cert), "type": "File"}
+    assert volumes["health-key"] == {"path": str(key), "type": "File"}
+    for c in (*spec["initContainers"], *spec["containers"]):
+        mounts = {m["name"]: m for m in c["volumeMounts"]}
+        assert mounts["health-cert"] == {"name": "health-cert", "mountPath": str(cert), "readOnly": True}
+        assert mounts["health-key"]["mountPath"] == str(key) and mounts["health-key"]["readOnly"]
+    # A key that does not go with the certificate is refused before anything is written.
+    (tmp_path / "other").mkdir()
+    other_cert, _ = make_certificate(tmp_path / "other")
+    bad = tmp_path / "bad"
+    assert main(["static-pod", "--path", str(bad), "--masters", "10.0.0.2",
+                 "--options", f"--health-cert={other_cert}", "--options", f"--health-key={key}"]) == 2
+    assert not bad.exists()

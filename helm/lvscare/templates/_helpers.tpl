@@ -47,6 +47,15 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 - --health-status
 - {{ . | quote }}
 {{- end }}
+{{- with .Values.health.ca }}
+- {{ printf "--health-ca=%s" . | quote }}
+{{- end }}
+{{- with .Values.health.cert }}
+- {{ printf "--health-cert=%s" . | quote }}
+{{- end }}
+{{- with .Values.health.key }}
+- {{ printf "--health-key=%s" . | quote }}
+{{- end }}
 - --metrics-address
 - {{ .Values.metrics.address | quote }}
 {{- range .Values.extraArgs }}
@@ -56,4 +65,27 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 
 {{- define "lvscare.metricsPort" -}}
 {{- splitList ":" .Values.metrics.address | last -}}
+{{- end -}}
+
+{{- /* The probes' certificate files, mounted from the node at the same path (read-only), in the
+       order `lvscare static-pod` writes them. */ -}}
+{{- define "lvscare.certVolumes" -}}
+{{- range $name := list "ca" "cert" "key" }}
+{{- with index $.Values.health $name }}
+- name: health-{{ $name }}
+  hostPath:
+    path: {{ . | quote }}
+    type: File
+{{- end }}
+{{- end }}
+{{- end -}}
+
+{{- define "lvscare.certMounts" -}}
+{{- range $name := list "ca" "cert" "key" }}
+{{- with index $.Values.health $name }}
+- name: health-{{ $name }}
+  mountPath: {{ . | quote }}
+  readOnly: true
+{{- end }}
+{{- end }}
 {{- end -}}
