@@ -11,6 +11,11 @@ namespaces it creates; backends have no route back to the VIP. Default settings 
   footprint        the daemon's RSS and CPU seconds per minute, 3 healthy backends
 
 Usage: .venv/bin/python bench/failover.py [--trials 20] [--skip keepalived,...]
+Every trial counts: one that does not finish within its bound (detection 60 s, client recovery
+40 s) or cannot start is a failure, printed with its reason, counted in n, and taken as the bound
+in the percentiles; the exit code is 1 if any trial failed. Clocks start at the fault: the kill,
+or the first rule of a blackhole.
+
 Environment: BENCH_DEBUG=1 prints each client-recovery trial with the daemon's log lines about it;
 BENCH_MODES=link measures client recovery in that mode only.
 """
@@ -33,6 +38,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -64,11 +70,37 @@ def pct(values: list[float], p: float) -> float:
     return ordered[k]
 
 
-def summary(values: list[float]) -> str:
+@dataclass
+class Trials:
+    """Every trial counts: one that does not finish within ``bound`` is a failure, reported with
+    its reason, and enters the percentiles as the bound (a lower limit of its real time)."""
+
+    bound: float
+    times: list[float] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)
+
+    @property
+    def n(self) -> int:
+        return len(self.times) + len(self.failed)
+
+    def values(self) -> list[float]:
+        return self.times + [self.bound] * len(self.failed)
+
+    def fail(self, trial: int, why: str) -> None:
+        self.failed.append(why)
+        print(f"    trial {trial}: FAILED, {why}", flush=True)
+
+    def json(self) -> dict[str, object]:
+        return {"n": self.n, "failures": self.failed, "seconds": [round(x, 3) for x in self.times]}
+
+
+def summary(t: Trials) -> str:
+    values = t.values()
     if not values:
-        return "no data"
-    return (f"p50 {statistics.median(values):5.2f}s  p99 {pct(values, 99):5.2f}s  "
-            f"max {max(values):5.2f}s  (n={len(values)})")
+        return "no trial"
+    at_least = ">=" if t.failed else ""
+    return (f"p50 {at_least}{statistics.median(values):5.2f}s  p99 {at_least}{pct(values, 99):5.2f}s  "
+            f"max {at_least}{max(values):5.2f}s  (n={t.n}, failures={len(t.failed)})")
 
 
 class Table:
@@ -132,31 +164,32 @@ virtual_server {VIP} 6443 {{
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
-def detection(lab: topology.Lab, table: Table, fault: str, trials: int) -> list[float]:
-    times = []
+def detection(lab: topology.Lab, table: Table, fault: str, trials: int) -> Trials:
+    result = Trials(bound=60.0)
     every = {b.address for b in lab.backends}
     for i in range(trials):
         b = lab.backends[i % 2]  # 10.200.1.2 or .2.2; the third keeps the VS alive
         if table.wait(lambda rs: rs == every, 60) is None:
-            print(f"    trial {i}: table never complete; skipped", flush=True)
+            result.fail(i, "the table was not complete before the fault (60 s)")
             continue
         time.sleep(0.3 + (i % 7) * 0.13)  # spread fault times over the probe period
-        # The fault starts when it is in place: a kill is one signal; a blackhole is four
-        # iptables commands, which take a few hundred ms in user-mode-linux.
+        # The clock starts at the fault: a kill is one signal; a blackhole begins with its
+        # first rule (``Lab.blackhole`` says when).
         if fault == "reset":
             start = time.monotonic()
             lab.kill(b)
         else:
-            lab.blackhole(b)
-            start = time.monotonic()
-        gone = table.wait(lambda rs, a=b.address: a not in rs, 60)
-        if gone is not None:
-            times.append(gone - start)
+            start = lab.blackhole(b)
+        gone = table.wait(lambda rs, a=b.address: a not in rs, result.bound)
+        if gone is None:
+            result.fail(i, f"still in the table after {result.bound:.0f} s")
+        else:
+            result.times.append(gone - start)
         if fault == "reset":
             lab.start(b)
         else:
             lab.blackhole(b, on=False)
-    return times
+    return result
 
 
 class KeepAliveClient(threading.Thread):
@@ -196,8 +229,8 @@ class KeepAliveClient(threading.Thread):
             conn.close()
 
 
-def client_recovery(lab: topology.Lab, table: Table, trials: int) -> list[float]:
-    times = []
+def client_recovery(lab: topology.Lab, table: Table, trials: int) -> Trials:
+    result = Trials(bound=40.0)
     every = {b.address for b in lab.backends}
     by_name = {b.name: b for b in lab.backends}
     client = KeepAliveClient()
@@ -205,7 +238,7 @@ def client_recovery(lab: topology.Lab, table: Table, trials: int) -> list[float]
     try:
         for i in range(trials):
             if table.wait(lambda rs: rs == every, 60) is None:
-                print("    trial skipped: table not full", flush=True)
+                result.fail(i, "the table was not complete before the fault (60 s)")
                 continue
             time.sleep(0.5 + (i % 7) * 0.13)
             # Until its connection answers again (at start-up, link mode's NAT rule takes ~2 s).
@@ -213,13 +246,12 @@ def client_recovery(lab: topology.Lab, table: Table, trials: int) -> list[float]
                 if client.ok and time.monotonic() - client.answered[-1] < 1:
                     break
                 time.sleep(0.1)
-            if not client.ok:
-                print("    trial skipped: client has no answer", flush=True)
+            if not client.ok or time.monotonic() - client.answered[-1] >= 1:
+                result.fail(i, "the client had no answer before the fault (10 s)")
                 continue
             b = by_name[client.ok[-1][1]]  # the backend its connection is on
-            lab.blackhole(b)
-            start = time.monotonic()  # requests sent from now on cannot reach b
-            deadline = start + 40
+            start = lab.blackhole(b)  # requests sent from now on cannot reach b
+            deadline = start + result.bound
             recovered = None
             while time.monotonic() < deadline:
                 after = [client.answered[k] for k, (t, _) in enumerate(client.ok) if t > start]
@@ -227,16 +259,16 @@ def client_recovery(lab: topology.Lab, table: Table, trials: int) -> list[float]
                     recovered = after[0]
                     break
                 time.sleep(0.02)
-            if recovered is not None:
-                times.append(recovered - start)
+            if recovered is None:
+                result.fail(i, f"no answer within {result.bound:.0f} s")
+            else:
+                result.times.append(recovered - start)
                 if os.environ.get("BENCH_DEBUG"):
                     k = next(i for i, (t, _) in enumerate(client.ok) if t > start)
                     print(f"    trial {i}: on {b.name} port {client.ports[k - 1]}; then "
                           f"{client.ok[k][1]} port {client.ports[k]} "
                           f"{recovered - start:.3f}s", flush=True)
             if os.environ.get("BENCH_DEBUG"):
-                if recovered is None:
-                    print(f"    trial {i}: no answer within 40 s", flush=True)
                 logf = lab.workdir / "daemon.log"
                 if logf.exists():
                     for line in logf.read_text().splitlines()[-6:]:
@@ -246,7 +278,7 @@ def client_recovery(lab: topology.Lab, table: Table, trials: int) -> list[float]
     finally:
         client.stop.set()
         client.join(35)
-    return times
+    return result
 
 
 def footprint(lab: topology.Lab, seconds: float) -> tuple[float, float]:
@@ -297,7 +329,7 @@ def node_with(start: str) -> Iterator[tuple[topology.Lab, Table]]:
 
 
 def inside(trials: int, skip: set[str], footprint_seconds: float) -> int:
-    results: dict[str, list[float]] = {}
+    results: dict[str, Trials] = {}
     print(f"failover benchmark, {trials} trials each, kernel {os.uname().release}", flush=True)
     for who in ("lvscare", "keepalived"):
         if who in skip or (who == "keepalived" and not shutil.which("keepalived")):
@@ -317,10 +349,11 @@ def inside(trials: int, skip: set[str], footprint_seconds: float) -> int:
     for fault in ("reset", "blackhole"):
         ours, theirs = results.get(f"lvscare detection {fault}"), \
             results.get(f"keepalived detection {fault}")
-        if ours and theirs:
+        if ours and theirs and ours.n and theirs.n:
+            a, b = theirs.values(), ours.values()
             print(f"  detection {fault}: keepalived / lvscare p50 "
-                  f"{statistics.median(theirs) / statistics.median(ours):.1f}x, "
-                  f"p99 {pct(theirs, 99) / pct(ours, 99):.1f}x")
+                  f"{statistics.median(a) / statistics.median(b):.1f}x, "
+                  f"p99 {pct(a, 99) / pct(b, 99):.1f}x")
     if "footprint" not in skip:
         with node_with("") as (lab, _):
             rss, cpu = footprint(lab, footprint_seconds)
@@ -328,8 +361,8 @@ def inside(trials: int, skip: set[str], footprint_seconds: float) -> int:
                   f"(goal <= 0.6), measured over {footprint_seconds:.0f} s; note that "
                   "user-mode-linux runs user code several times slower than a host kernel",
                   flush=True)
-    print(json.dumps({k: [round(x, 3) for x in v] for k, v in results.items()}))
-    return 0
+    print(json.dumps({k: v.json() for k, v in results.items()}))
+    return 1 if any(t.failed for t in results.values()) else 0
 
 
 _ROOT_NS = None

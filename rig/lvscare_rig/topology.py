@@ -137,16 +137,23 @@ class Lab:
             backend.proc.wait(timeout=10)
         backend.proc = None
 
-    def blackhole(self, backend: Backend, on: bool = True) -> None:
+    def blackhole(self, backend: Backend, on: bool = True) -> float:
         """Drop every packet the backend sends or receives, as a powered-off or partitioned
-        host behind a switch: its link stays up, so nothing tells the node."""
+        host behind a switch: its link stays up, so nothing tells the node. Returns the
+        monotonic time at which the fault began: the first rule (IPv4 INPUT) already stops
+        everything the node sends it, though all four take a few hundred ms here."""
         if backend.local:
             raise ValueError("cannot blackhole the node's own address")
         verb = "-I" if on else "-D"
+        began: float | None = None
         for tool in ("iptables-legacy", "ip6tables-legacy"):
             for chain in ("INPUT", "OUTPUT"):
                 sh("ip", "netns", "exec", backend.netns, tool, "-w", "5", verb, chain,
                    "-j", "DROP")
+                if began is None:
+                    began = time.monotonic()
+        assert began is not None
+        return began
 
     # -- teardown ------------------------------------------------------------------------------
 

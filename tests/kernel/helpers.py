@@ -41,8 +41,10 @@ def ipvsadm_stats(lab: Lab, total: int | None = None) -> dict[str, int]:
     deadline = time.monotonic() + 6
     while True:
         out = _stats_once(lab)
-        if total is None or sum(out.values()) == total or time.monotonic() > deadline:
+        if total is None or sum(out.values()) == total:
             return out
+        if time.monotonic() > deadline:  # never a silent 0 == 0 for a caller comparing counters
+            raise AssertionError(f"ipvsadm --stats never counted {total} connections: {out}")
         time.sleep(0.5)
 
 

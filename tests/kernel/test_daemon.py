@@ -207,6 +207,8 @@ def test_flapping_backend_does_not_churn(lab: Lab, care: Care) -> None:
     # A change needs `fall` (2) failures or `rise` (2) successes in a row; with results that
     # alternate every half interval that can happen only rarely.
     assert len(changes) <= 4, changes
+    # It did probe, and did see the failures: a daemon that never probed would pass the above.
+    assert [e for e in care.events("real server failing") if e["rs"] == b.address]
     for e in care.events("real server down"):
         assert e["was"] == "failing"
     for e in care.events("real server healthy"):

@@ -104,6 +104,10 @@ def test_headers_parse() -> None:
     ({"vs": VS, "rs": ["10.0.0.1:6443"], "health-timeout": "0"}, "out of range 10ms-60s"),
     ({"vs": VS, "rs": ["10.0.0.1:6443"], "health-status": ["99"]}, "not an HTTP status"),
     ({"vs": VS, "rs": ["10.0.0.1:6443"], "iface": "a/b"}, "interface name"),
+    # IFNAMSIZ: refused here, exit 2, before IPVS is written (the kernel would refuse it after).
+    ({"vs": VS, "rs": ["10.0.0.1:6443"], "iface": "a" * 16}, "interface name"),
+    ({"vs": "224.0.0.5:6443", "rs": ["10.0.0.1:6443"]}, "not a usable unicast address"),
+    ({"vs": VS, "rs": ["239.1.1.1:6443"]}, "not a usable unicast address"),
     ({"vs": VS, "rs": ["10.0.0.1:6443"], "ip": "fd00::1"}, "--ip fd00::1 is IPv6"),
 ])
 def test_bad_flags(cli: dict[str, object], msg: str) -> None:
@@ -170,6 +174,10 @@ def test_vs_flags_need_a_single_vs_file() -> None:
     ("virtualServers: [{vs: '10.0.0.1:1', realServers: [{address: '1.1.1.1:1', weight: -1}]}]",
      "at least 0"),
     ("virtualServers: [{vs: '10.0.0.1:1', realServers: '1.1.1.1:1'}]", "must be a list"),
+    ("virtualServers: [{vs: '10.0.0.1:1', realServers: [{address: '1.1.1.1:1', weight: 65536}]}]",
+     "65535"),
+    ("drainPeriod: -1s", "duration|negative"),
+    ("health: {timeout: -5}", "duration|negative|out of range"),
     ("health: {timeout: fast}", "not a duration"),
     ("interval: null", "None is not a duration"),
     ("drainPeriod: [1, 2]", "is not a duration"),

@@ -15,7 +15,7 @@ from lvscare.config import Endpoint
 
 
 @pytest.mark.parametrize(("client", "vip", "family"), [
-    ("10.103.97.2", "10.103.97.2", socket.AF_INET),
+    ("10.200.1.1", "10.103.97.2", socket.AF_INET),  # src and dst differ: a swap shows
     ("fd00:200:1::1", "fd00::97:2", socket.AF_INET6),
 ])
 def test_delete_names_the_original_tuple(client: str, vip: str, family: int) -> None:

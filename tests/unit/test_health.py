@@ -42,6 +42,15 @@ def test_refused_is_conclusive() -> None:
     assert h.state is State.DOWN and h.dead
 
 
+def test_a_reset_is_conclusive_and_a_timeout_is_not() -> None:
+    """Nothing listens (reset): down at the first failure, whatever ``fall`` is; a timeout may
+    be a lost packet and waits for ``fall``."""
+    reset = step(initial(0.0), ProbeResult(Outcome.RESET), 1.0, rise=2, fall=5)
+    assert reset.state is State.DOWN and reset.dead and not reset.serving
+    timeout = step(initial(0.0), ProbeResult(Outcome.TIMEOUT), 1.0, rise=2, fall=5)
+    assert timeout.state is State.FAILING and timeout.serving and timeout.failures == 1
+
+
 def test_success_in_between_resets_the_count() -> None:
     h = run(initial(0.0), [TIMEOUT, OK, TIMEOUT, OK, TLS])
     assert h.state is State.FAILING

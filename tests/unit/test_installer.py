@@ -42,9 +42,28 @@ def test_hosts_entry_pointing_elsewhere_is_an_error() -> None:
         hosts.with_entry("192.168.0.2 apiserver.cluster.local  # sealos master0\n", "10.103.97.2")
 
 
+def test_hosts_edge_cases() -> None:
+    """A commented-out mapping is no mapping; an unterminated block (a crash mid-write) is ours to
+    the end of the file and is replaced, not doubled; CRLF files keep their other lines as they
+    are."""
+    commented = "# 192.168.0.2 apiserver.cluster.local\n127.0.0.1 localhost\n"
+    added = hosts.with_entry(commented, "10.103.97.2")
+    assert added.startswith(commented) and "10.103.97.2 apiserver.cluster.local" in added
+    trailing = "127.0.0.1 localhost # apiserver.cluster.local is elsewhere\n"
+    assert hosts.with_entry(trailing, "10.103.97.2").startswith(trailing)
+    broken = f"127.0.0.1 localhost\n{hosts.BEGIN}\n10.103.97.2 apiserver.cluster.local\n"
+    fixed = hosts.with_entry(broken, "10.103.97.9")
+    assert fixed.count(hosts.BEGIN) == 1 and fixed.count(hosts.END) == 1
+    assert "10.103.97.2" not in fixed and fixed.startswith("127.0.0.1 localhost\n")
+    assert hosts.without_entry(broken) == "127.0.0.1 localhost\n"
+    crlf = "127.0.0.1 localhost\r\n::1 localhost\r\n"
+    assert hosts.without_entry(hosts.with_entry(crlf, "10.103.97.2")) == crlf
+
+
 _line = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\r\n\x0b\x0c\x1c\x1d\x1e"
-                              "\x85\u2028\u2029"), max_size=40).filter(lambda s: "lvscare" not in s
-                                                                       and "apiserver" not in s)
+                              "\x85\u2028\u2029"), max_size=40).filter(
+    lambda s: s not in (hosts.BEGIN, hosts.END)
+    and "apiserver.cluster.local" not in s.split("#", 1)[0])  # a live mapping would conflict
 
 
 @given(st.lists(_line, max_size=8))
@@ -342,3 +361,40 @@ def test_a_node_that_does_not_speak_ssh_fails_in_one_line(tmp_path: Path) -> Non
     assert "Traceback" not in p.stderr and "paramiko" not in p.stderr, p.stderr
     failed = [line for line in p.stdout.splitlines() if "FAILED" in line]
     assert len(failed) == 1 and f"127.0.0.1:{port}" in failed[0], p.stdout
+
+
+def test_secrets_are_redacted_from_node_errors() -> None:
+    """The paths where a secret can reach an error message: a node command that echoes the SSH
+    password (a failing sudo), and `kubeadm join` failing with the join token in its output."""
+    from types import SimpleNamespace
+
+    from installer.plan import JoinToken, redact
+    from installer.remote import Auth, Remote, RemoteError
+    from installer.steps import Inputs, step_join
+
+    assert redact("a hunter2 b hunter2", ["hunter2", ""]) == "a *** b ***"
+    auth = Auth(user="root", password="hunter2-secret", key_file=None, known_hosts="/nonexistent",
+                accept_new=False, connect_timeout=1.0)
+    remote = Remote("10.0.0.9", auth)
+    result = SimpleNamespace(exited=1, stdout="", stderr="sudo: hunter2-secret is wrong")
+    remote.conn = SimpleNamespace(run=lambda *a, **k: result)  # type: ignore[assignment]
+    with pytest.raises(RemoteError) as err:
+        remote.run("true")
+    assert "hunter2-secret" not in str(err.value) and "***" in str(err.value)
+
+    token = JoinToken("abcdef.0123456789abcdef", ("sha256:" + "a" * 64,))
+
+    class Node:
+        def run(self, script: str, **kw: object) -> tuple[int, str, str]:
+            if script.startswith("kubeadm join"):
+                raise RemoteError(f"exit 1: bad token {token.token}")
+            return 0, "v1.30.0\n", ""
+
+        def write(self, path: str, data: bytes, mode: int) -> None:
+            assert token.token.encode() in data  # in a 0600 file, where it belongs
+
+    plan = Plan(masters=("10.0.0.2",), nodes=("10.0.0.9",), user="root")
+    inputs = Inputs(plan, auth, None, "kube-sealos-lvscare", "", lambda: token)  # type: ignore[arg-type]
+    with pytest.raises(RemoteError) as err:
+        step_join(Node(), inputs)  # type: ignore[arg-type]
+    assert token.token not in str(err.value) and "***" in str(err.value)

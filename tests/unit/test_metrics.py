@@ -85,3 +85,54 @@ def test_content_type_is_prometheus_text_format() -> None:
     from lvscare.metrics import CONTENT_TYPE
 
     assert CONTENT_TYPE == CONTENT_TYPE_PLAIN_0_0_4
+
+
+def test_all_down_gauge_follows_fail_open() -> None:
+    """The gauge behind the only critical alert: 1 while every real server is down and the last
+    healthy ones are kept, 0 before and after."""
+    c, m = core(), Metrics()
+    vs = (("vs", "10.103.97.2:6443"),)
+    c.desired(5.0)
+    assert families(m, c.snapshot({}))["lvscare_virtual_server_all_down"][vs] == 0
+    for key in (KEY1, KEY2):
+        c.observe(key, ProbeResult(Outcome.REFUSED), 6.0)
+    c.desired(6.0)
+    assert families(m, c.snapshot({}))["lvscare_virtual_server_all_down"][vs] == 1
+    for t in (7.0, 8.0):
+        c.observe(KEY2, ProbeResult(Outcome.OK), t)
+    c.desired(8.0)
+    assert families(m, c.snapshot({}))["lvscare_virtual_server_all_down"][vs] == 0
+
+
+def test_histogram_bucket_boundaries_and_inf() -> None:
+    """``le`` is "less than or equal": a value on a bound counts in that bucket; one above the
+    last bound only in +Inf; buckets are cumulative."""
+    m = Metrics()
+    for seconds in (0.0025, 0.0026, 1.0, 7.0):
+        m.probe(KEY1, Outcome.OK, seconds)
+    f = families(m, core().snapshot({}))["lvscare_probe_duration_seconds_bucket"]
+    by_le = {dict(k)["le"]: v for k, v in f.items() if dict(k)["rs"] == "10.0.0.1:6443"}
+    assert by_le == {"0.0025": 1, "0.01": 2, "0.05": 2, "0.25": 2, "1.0": 3, "+Inf": 4}
+    sums = families(m, core().snapshot({}))["lvscare_probe_duration_seconds_sum"]
+    assert abs(next(iter(sums.values())) - 8.0051) < 1e-9
+
+
+def test_label_values_are_escaped() -> None:
+    """A reconcile error kind with a quote, a backslash and a newline still parses back intact."""
+    m = Metrics()
+    kind = 'a "quoted"\\path\nline'
+    m.reconcile_error(kind)
+    f = families(m, core().snapshot({}))
+    assert f["lvscare_reconcile_errors_total"][(("kind", kind),)] == 1
+
+
+def test_forget_drops_every_series_of_the_real_server() -> None:
+    m = Metrics()
+    m.probe(KEY1, Outcome.OK, 0.01)
+    m.transition(KEY1, State.DOWN)
+    m.probe(KEY2, Outcome.OK, 0.01)
+    m.forget(KEY1)
+    text = m.render(core().snapshot({})).decode()
+    series = [line for line in text.splitlines()
+              if line.startswith(("lvscare_probe", "lvscare_real_server_transitions"))]
+    assert series and not [line for line in series if 'rs="10.0.0.1:6443"' in line]

@@ -123,6 +123,33 @@ async def test_certificate_verification(prober: Prober, https: Server,
     assert (await prober.probe(ep(https.port), with_ca)).outcome is Outcome.TLS
 
 
+async def test_giving_a_ca_verifies_and_a_matching_one_is_accepted(
+        prober: Prober, tmp_path: Path) -> None:
+    """--health-ca turns verification on (even with insecure-skip-verify, Go's default, still
+    true): a server whose certificate that CA did not sign fails, one it signed passes."""
+    import subprocess
+
+    def issue(name: str) -> tuple[Path, Path]:
+        crt, key = tmp_path / f"{name}.crt", tmp_path / f"{name}.key"
+        subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
+                        "ec_paramgen_curve:prime256v1", "-nodes", "-keyout", str(key), "-out",
+                        str(crt), "-days", "2", "-subj", f"/CN={name}",
+                        "-addext", "subjectAltName=IP:127.0.0.1"], check=True, capture_output=True)
+        return crt, key
+
+    good, other = issue("apiserver"), issue("impostor")
+    server = Server()
+    await server.start(good)
+    try:
+        trusting = HealthCheck(timeout=0.5, ca=str(good[0]))
+        assert trusting.insecure_skip_verify  # the default, overridden by the CA
+        assert (await prober.probe(ep(server.port), trusting)).outcome is Outcome.OK
+        wrong = HealthCheck(timeout=0.5, ca=str(other[0]))
+        assert (await prober.probe(ep(server.port), wrong)).outcome is Outcome.TLS
+    finally:
+        await server.stop()
+
+
 def test_bad_certificate_files_are_user_errors(tmp_path: Path) -> None:
     with pytest.raises(UserError, match="nonexistent"):
         Prober().prepare(HealthCheck(ca=str(tmp_path / "nonexistent.crt")))
