@@ -11,6 +11,8 @@ from lvscare.config import (
     parse_duration,
     parse_endpoint,
     parse_headers,
+    parse_positive_int,
+    parse_status_codes,
 )
 from lvscare.errors import UserError
 
@@ -247,3 +249,137 @@ def test_go_semantics_that_are_kept_and_those_refused_with_a_reason(tmp_path) ->
     hosts.write_text("not-an-ip lvscare.node.ip\n")
     with pytest.raises(UserError, match=r"lvscare\.node\.ip: 'not-an-ip' is not an IP address"):
         load_config(parse_care_args(base), {}, str(hosts))
+
+
+def test_yaml_depth_limit_and_aliases_in_the_message() -> None:
+    """A configuration is four levels deep: 32 levels are read (and then refused as not a
+    setting), 33 are refused by the reader itself, before anything is built; an alias too."""
+    from lvscare.config import load_yaml
+
+    def nested(levels: int) -> str:
+        return "a: " + "[" * (levels - 1) + "]" * (levels - 1) + "\n"
+
+    with pytest.raises(UserError) as shallow:
+        load_yaml(nested(32), "care.yaml")
+    assert str(shallow.value).startswith("care.yaml: unknown key 'a'")
+    with pytest.raises(UserError) as deep:
+        load_yaml(nested(33), "care.yaml")
+    assert str(deep.value) == "care.yaml line 1: nested more than 32 levels deep"
+    with pytest.raises(UserError) as alias:
+        load_yaml("interval: &x 1s\ndrainPeriod: *x\n", "care.yaml")
+    assert str(alias.value) == "care.yaml line 2: aliases (*name) are not allowed"
+    with pytest.raises(UserError) as broken:
+        load_yaml("a: [\n", "care.yaml")
+    assert str(broken.value).startswith("care.yaml line 2: ")
+    with pytest.raises(UserError, match=r"^care.yaml: the top level must be a mapping$"):
+        load_yaml("- 1\n", "care.yaml")
+    assert load_yaml("", "care.yaml") == {} and load_yaml("# nothing\n", "care.yaml") == {}
+    assert load_yaml("interval: 2s\n", "care.yaml") == {"interval": "2s"}
+
+
+def test_unknown_keys_are_named_only_when_they_look_like_keys() -> None:
+    from lvscare.config import _check_keys
+
+    with pytest.raises(UserError) as named:
+        _check_keys({"colour": 1, "vs": 2}, {"vs", "mode"}, "where")
+    assert str(named.value) == "where: unknown key 'colour' (allowed: mode, vs)"
+    with pytest.raises(UserError) as hidden:
+        _check_keys({"root:x:0:0:root:/root:/bin/bash": 1}, {"vs"}, "where")
+    assert str(hidden.value) == "where: unknown key that is not a setting name (allowed: vs)"
+    _check_keys({"vs": 1}, {"vs"}, "where")  # nothing to say
+
+
+@pytest.mark.parametrize(("seconds", "text"), [
+    (0.0, "0s"), (0.5, "500ms"), (0.01, "10ms"), (1.0, "1s"), (90.0, "90s"), (3600.0, "1h"),
+    (7200.0, "2h"), (5400.0, "5400s"),
+])
+def test_durations_are_shown_as_written(seconds: float, text: str) -> None:
+    from lvscare.config import _seconds
+
+    assert _seconds(seconds) == text
+
+
+@pytest.mark.parametrize(("value", "ok"), [
+    ("lvscare", True), ("a", True), ("a" * 15, True), ("kube-ipvs0", True), ("eth0.100", True),
+    ("a_b", True), ("", False), ("a" * 16, False), (".", False), ("..", False), ("a b", False),
+    ("a/b", False), ("é", False), (5, False),
+])
+def test_interface_names(value: object, ok: bool) -> None:
+    from lvscare.config import _iface
+
+    if ok:
+        assert _iface(value, "--iface") == value
+    else:
+        with pytest.raises(UserError, match=r"^--iface: .* (is not a valid interface name|is not)"):
+            _iface(value, "--iface")
+
+
+def test_real_server_entries() -> None:
+    from lvscare.config import RealServer, parse_real_server
+
+    ep = Endpoint(ipaddress.ip_address("10.0.0.1"), 6443)
+    assert parse_real_server("10.0.0.1:6443", "rs") == RealServer(ep, 1)
+    assert parse_real_server({"address": "10.0.0.1:6443"}, "rs") == RealServer(ep, 1)
+    assert parse_real_server({"address": "10.0.0.1:6443", "weight": 0}, "rs") == RealServer(ep, 0)
+    assert parse_real_server({"address": "10.0.0.1:6443", "weight": 65535}, "rs").weight == 65535
+    with pytest.raises(UserError, match=r"^rs: a real server needs 'address'$"):
+        parse_real_server({"weight": 1}, "rs")
+    with pytest.raises(UserError, match=r"^rs: unknown key 'port'"):
+        parse_real_server({"address": "10.0.0.1:6443", "port": 1}, "rs")
+    with pytest.raises(UserError, match=r"^rs\.weight: "):
+        parse_real_server({"address": "10.0.0.1:6443", "weight": 65536}, "rs")
+
+
+@pytest.mark.parametrize(("value", "method"), [("get", "GET"), (" HEAD ", "HEAD"), ("PATCH", "PATCH")])
+def test_methods(value: str, method: str) -> None:
+    from lvscare.config import _method
+
+    assert _method(value, "--health-req-method") == method
+
+
+@pytest.mark.parametrize("value", ["G T", "GET\r\n", "", "GÉT", 1])
+def test_bad_methods(value: object) -> None:
+    from lvscare.config import _body, _method
+
+    bad = r"^--health-req-method: .* (is not (an HTTP method|text)|has control)"
+    with pytest.raises(UserError, match=bad):
+        _method(value, "--health-req-method")
+    with pytest.raises(UserError, match=r"^body: 1 is not text$"):
+        _body(1, "body")
+    assert _body(" {} ", "body") == " {} "
+
+
+@pytest.mark.parametrize(("call", "message"), [
+    # the one-line errors, whole: the setting, the value as given, and what is wrong with it
+    (lambda: parse_headers(5, "--h"), "--h: 5 is not key=value pairs"),
+    (lambda: parse_headers([5], "--h"), "--h: 5 is not key=value"),
+    (lambda: parse_headers(["novalue"], "--h"), "--h: 'novalue' is not key=value"),
+    (lambda: parse_headers(["=v"], "--h"), "--h: '=v' is not key=value"),
+    (lambda: parse_headers({"bad key": "v"}, "--h"), "--h: 'bad key' is not a header name"),
+    (lambda: parse_headers({5: "v"}, "--h"), "--h: 5 is not a header name"),
+    (lambda: parse_headers({"k": True}, "--h"), "--h: header k: True is not text"),
+    (lambda: parse_headers({"k": ["v"]}, "--h"), "--h: header k: ['v'] is not text"),
+    (lambda: parse_headers({"k": "a\nb"}, "--h"), "--h: header k: 'a\\nb' has control characters"),
+    (lambda: parse_status_codes(["4o1"], "--s"), "--s: '4o1' is not an HTTP status code"),
+    (lambda: parse_status_codes(["99"], "--s"), "--s: 99 is not an HTTP status code (100-599)"),
+    (lambda: parse_status_codes(["600"], "--s"), "--s: 600 is not an HTTP status code (100-599)"),
+    (lambda: parse_positive_int("x", "--n"), "--n: 'x' is not a whole number"),
+    (lambda: parse_positive_int(True, "--n"), "--n: True is not a whole number"),
+    (lambda: parse_positive_int(0, "--n"), "--n: 0 must be at least 1"),
+    (lambda: parse_positive_int(1001, "--n"), "--n: 1001 is above 1000"),
+])
+def test_error_messages_whole(call, message: str) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(UserError) as err:
+        call()
+    assert str(err.value) == message
+
+
+def test_edges_that_are_accepted() -> None:
+    assert parse_headers(["a=b=c,d=e,f"], "--h") == (("a", "b=c"), ("d", "e,f"))
+    assert parse_headers({"k": 5}, "--h") == (("k", "5"),)
+    assert parse_headers("a=1", "--h") == (("a", "1"),)
+    assert parse_status_codes(["100", "599"], "--s") == frozenset({100, 599})
+    assert parse_status_codes("401,403", "--s") == frozenset({401, 403})
+    assert parse_status_codes(401, "--s") == frozenset({401})
+    assert parse_positive_int(1, "--n") == 1 and parse_positive_int(" 1000 ", "--n") == 1000
+    assert parse_positive_int(0, "--n", minimum=0) == 0

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import ipaddress
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -128,3 +129,63 @@ def test_state_machine_invariants(seq: list[ProbeResult], rise: int, fall: int) 
             assert run_ok >= rise
         assert new.serving == (new.state in (State.HEALTHY, State.FAILING))
         h = new
+
+
+OKR, TIMEOUTR, REFUSEDR, STATUSR = (ProbeResult(o) for o in (
+    Outcome.OK, Outcome.TIMEOUT, Outcome.REFUSED, Outcome.HTTP_STATUS))
+H, F, D, R = State.HEALTHY, State.FAILING, State.DOWN, State.RECOVERING
+
+
+@pytest.mark.parametrize(("before", "result", "rise", "fall", "after"), [
+    # healthy stays healthy: successes count, `since` is when it became healthy
+    (Health(H, 3, 0, 1.0), OKR, 2, 2, Health(H, 4, 0, 1.0, last=OKR)),
+    # failing -> healthy: healthy since now, failures forgotten
+    (Health(F, 0, 1, 3.0), OKR, 2, 2, Health(H, 1, 0, 5.0, last=OKR)),
+    # down -> recovering (rise 2): since now, still dead until healthy
+    (Health(D, 0, 3, 2.0, dead=True), OKR, 2, 2, Health(R, 1, 0, 5.0, dead=True, last=OKR)),
+    # recovering, one more success, rise 3: still recovering since it began
+    (Health(R, 1, 0, 4.0), OKR, 3, 2, Health(R, 2, 0, 4.0, last=OKR)),
+    # recovering reaches rise: a fresh healthy state
+    (Health(R, 1, 0, 4.0, dead=True, drain_since=1.0), OKR, 2, 2, Health(H, 2, 0, 5.0, last=OKR)),
+    # rise 1: down -> healthy at once
+    (Health(D, 0, 2, 2.0, dead=True), OKR, 1, 2, Health(H, 1, 0, 5.0, last=OKR)),
+    # down stays down; a dead result ends a drain (dead), the drain start is kept
+    (Health(D, 0, 2, 2.0, drain_since=2.0), TIMEOUTR, 2, 2,
+     Health(D, 0, 3, 2.0, dead=True, drain_since=2.0, last=TIMEOUTR)),
+    # recovering -> down again: since now
+    (Health(R, 1, 0, 4.0), STATUSR, 2, 2, Health(D, 0, 1, 5.0, last=STATUSR)),
+    # healthy + refused: down at once whatever fall is, dead, no drain
+    (Health(H, 4, 0, 1.0), REFUSEDR, 2, 3, Health(D, 0, 1, 5.0, dead=True, last=REFUSEDR)),
+    # healthy + bad status with fall 1: down, draining from now
+    (Health(H, 4, 0, 1.0), STATUSR, 2, 1, Health(D, 0, 1, 5.0, drain_since=5.0, last=STATUSR)),
+    # failing, one more timeout below fall: still failing since it began
+    (Health(F, 0, 1, 3.0), TIMEOUTR, 2, 3, Health(F, 0, 2, 3.0, last=TIMEOUTR)),
+    # healthy + timeout below fall: failing since now
+    (Health(H, 4, 0, 1.0), TIMEOUTR, 2, 3, Health(F, 0, 1, 5.0, last=TIMEOUTR)),
+    # failing reaches fall with a timeout: down, dead (deleted at once, no drain)
+    (Health(F, 0, 1, 3.0), TIMEOUTR, 2, 2, Health(D, 0, 2, 5.0, dead=True, last=TIMEOUTR)),
+])
+def test_every_transition_field_by_field(before: Health, result: ProbeResult, rise: int, fall: int,
+                                         after: Health) -> None:
+    """The whole state after one result at t=5, not only its name: ``since`` feeds the status
+    page and the metrics, ``dead`` and ``drain_since`` decide between deletion and weight 0."""
+    assert step(before, result, 5.0, rise, fall) == after
+
+
+def test_initial_health_by_what_the_kernel_holds() -> None:
+    assert initial(7.0) == initial(7.0, None) == Health(State.HEALTHY, since=7.0)
+    assert initial(7.0, True) == Health(State.HEALTHY, since=7.0)
+    assert initial(7.0, False) == Health(State.DOWN, since=7.0, dead=True)
+
+
+@pytest.mark.parametrize(("h", "now", "weight"), [
+    (Health(State.HEALTHY), 100.0, 3),
+    (Health(State.FAILING, failures=1), 100.0, 3),
+    (Health(State.DOWN, dead=True, drain_since=99.0), 100.0, None),  # dead: deleted, no drain
+    (Health(State.DOWN), 100.0, None),  # not draining
+    (Health(State.DOWN, drain_since=95.0), 100.0, 0),  # draining, 5 s of 10
+    (Health(State.DOWN, drain_since=90.0), 100.0, None),  # drain over, exactly at 10 s
+    (Health(State.RECOVERING, drain_since=95.0), 100.0, 0),  # not serving yet, still draining
+])
+def test_kernel_weight(h: Health, now: float, weight: int | None) -> None:
+    assert kernel_weight(h, 3, now, 10.0) == weight

@@ -38,8 +38,11 @@ def test_hosts_entry_already_present_outside_the_block_is_not_duplicated() -> No
 
 
 def test_hosts_entry_pointing_elsewhere_is_an_error() -> None:
-    with pytest.raises(hosts.HostsConflict, match=r"already maps to 192\.168\.0\.2"):
-        hosts.with_entry("192.168.0.2 apiserver.cluster.local  # sealos master0\n", "10.103.97.2")
+    with pytest.raises(hosts.HostsConflict) as err:
+        hosts.with_entry("192.168.0.2 apiserver.cluster.local  # sealos master0\n"
+                         "192.168.0.3 apiserver.cluster.local\n", "10.103.97.2")
+    assert str(err.value) == ("apiserver.cluster.local already maps to 192.168.0.2, 192.168.0.3 "
+                              "outside lvscare's block; remove that line first")
 
 
 def test_hosts_edge_cases() -> None:
@@ -78,11 +81,11 @@ def test_join_command_parsing() -> None:
     tok = parse_join_command("W1127 some warning\n" + JOIN)
     assert tok.token == "abcdef.0123456789abcdef" and tok.ca_hashes == (HASH,)
     assert parse_join_command(JOIN.replace("--token ", "--token=")).token == tok.token
-    with pytest.raises(ValueError, match="no valid --token"):
+    with pytest.raises(ValueError, match=r"^the join command has no valid --token$"):
         parse_join_command(JOIN.replace("abcdef.0123456789abcdef", "nope"))
-    with pytest.raises(ValueError, match="no valid --discovery"):
+    with pytest.raises(ValueError, match=r"^the join command has no valid --discovery-token-ca-cert-hash$"):
         parse_join_command("kubeadm join 10.0.0.2:6443 --token abcdef.0123456789abcdef\n")
-    with pytest.raises(ValueError, match="no 'kubeadm join' line"):
+    with pytest.raises(ValueError, match=r"^no 'kubeadm join' line in the output of kubeadm token create$"):
         parse_join_command("error: not a master\n")
 
 
@@ -398,3 +401,80 @@ def test_secrets_are_redacted_from_node_errors() -> None:
     with pytest.raises(RemoteError) as err:
         step_join(Node(), inputs)  # type: ignore[arg-type]
     assert token.token not in str(err.value) and "***" in str(err.value)
+
+
+def test_dry_run_plan_says_what_each_step_will_do() -> None:
+    from installer.plan import describe
+
+    plan = Plan(masters=("10.0.0.2", "10.0.0.3"), nodes=("n1",), user="ops")
+    lines = describe(plan, "n1")
+    assert lines == [
+        "preflight: ssh ops@n1, root or sudo, python3 >= 3.11, ip_vs loadable, kubeadm on PATH",
+        "package: none given",
+        "lvscare: install the self-contained lvscare zipapp at /usr/local/bin/lvscare",
+        "rules: /usr/local/bin/lvscare care --vs 10.103.97.2:6443 --health-path /healthz "
+        "--health-schem https --rs 10.0.0.2:6443 --rs 10.0.0.3:6443 --run-once",
+        "hosts: '10.103.97.2 apiserver.cluster.local' in lvscare's block of /etc/hosts",
+        "manifest: write /etc/kubernetes/manifests/<name>.yaml (lvscare static-pod)",
+        "join: kubeadm join apiserver.cluster.local:6443 with a token from 10.0.0.2 "
+        "(skipped if /etc/kubernetes/kubelet.conf exists)",
+    ]
+    with_pkg = describe(Plan(masters=("10.0.0.2",), nodes=("n1",), user="root", pkg="/tmp/k.tgz"), "n1")
+    assert with_pkg[0].endswith("kubeadm from the package")
+    assert with_pkg[1] == "package: copy /tmp/k.tgz and run its init.sh"
+
+
+def test_result_table() -> None:
+    from installer.plan import NodeResult, table
+
+    ok = NodeResult("node-one", {"preflight": "done", "hosts": "ok", "join": "done"}, seconds=12.34)
+    done = NodeResult("n2", {"preflight": "done"}, seconds=1.0)
+    bad = NodeResult("n3", {"preflight": "done"}, failed_step="join", error="exit 1: no", seconds=3.0)
+    assert ok.ok and not bad.ok
+    assert table([ok, done, bad]).splitlines() == [
+        "NODE      RESULT  TIME   DETAIL",
+        "node-one  ok      12.3s  hosts ok",
+        "n2        ok      1.0s   all steps done",
+        "n3        FAILED  3.0s   join: exit 1: no",
+    ]
+
+
+def test_join_configuration_is_the_whole_document() -> None:
+    import yaml
+
+    from installer.plan import JoinToken, join_configuration
+
+    plan = Plan(masters=("10.0.0.2",), nodes=("n1",), user="root", port=6444)
+    token = JoinToken("abcdef.0123456789abcdef", ("sha256:" + "a" * 64, "sha256:" + "b" * 64))
+    doc = yaml.safe_load(join_configuration(plan, token, "kubeadm.k8s.io/v1beta3"))
+    assert doc == {
+        "apiVersion": "kubeadm.k8s.io/v1beta3",
+        "kind": "JoinConfiguration",
+        "discovery": {"bootstrapToken": {
+            "apiServerEndpoint": "apiserver.cluster.local:6444",
+            "token": "abcdef.0123456789abcdef",
+            "caCertHashes": ["sha256:" + "a" * 64, "sha256:" + "b" * 64],
+        }},
+        "nodeRegistration": {"kubeletExtraArgs": {"node-labels": "lvscare.io/static-pod=true"}},
+    }
+
+
+def test_hosts_block_markers_exactly() -> None:
+    """Markers count only as whole lines (CRLF allowed); an END before the block is just a line;
+    text after the block is kept."""
+    b, e = hosts.BEGIN, hosts.END
+    crlf = f"127.0.0.1 localhost\r\n{b}\r\n10.0.0.1 apiserver.cluster.local\r\n{e}\r\n::1 x\r\n"
+    assert hosts.without_entry(crlf) == "127.0.0.1 localhost\r\n::1 x\r\n"
+    early_end = f"{e}\n127.0.0.1 localhost\n"
+    assert hosts.without_entry(early_end) == early_end
+    added = hosts.with_entry(early_end, "10.103.97.2")
+    assert added.startswith(early_end) and added.endswith(f"{b}\n10.103.97.2 apiserver.cluster.local\n{e}\n")
+    quoted = f"# see: {b}\n127.0.0.1 localhost\n"  # not a marker line
+    assert hosts.without_entry(quoted) == quoted
+    middle = f"1.1.1.1 a\n{b}\n10.0.0.1 apiserver.cluster.local\n{e}\n2.2.2.2 b\n"
+    assert hosts.with_entry(middle, "10.103.97.2") == (
+        f"1.1.1.1 a\n{b}\n10.103.97.2 apiserver.cluster.local\n{e}\n2.2.2.2 b\n")
+    assert hosts.without_entry(middle) == "1.1.1.1 a\n2.2.2.2 b\n"
+    # A name among several on a line, with a comment after it, is a mapping.
+    with pytest.raises(hosts.HostsConflict):
+        hosts.with_entry("10.0.0.5 other apiserver.cluster.local # note\n", "10.103.97.2")

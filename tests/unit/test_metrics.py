@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import re
 import time
 
 from prometheus_client.parser import text_string_to_metric_families
@@ -136,3 +137,129 @@ def test_forget_drops_every_series_of_the_real_server() -> None:
     series = [line for line in text.splitlines()
               if line.startswith(("lvscare_probe", "lvscare_real_server_transitions"))]
     assert series and not [line for line in series if 'rs="10.0.0.1:6443"' in line]
+
+
+HELP = {  # what Prometheus and Grafana show for each family
+    "lvscare_real_server_up": ("gauge", "1 if the real server takes new connections by its health."),
+    "lvscare_real_server_state": ("gauge", "1 for the real server's current health state."),
+    "lvscare_real_server_kernel_weight": ("gauge", "Weight in the kernel; -1 when not in the kernel."),
+    "lvscare_real_server_configured_weight": ("gauge", "Configured weight."),
+    "lvscare_real_server_active_connections": ("gauge", "Active connections (IPVS)."),
+    "lvscare_real_server_inactive_connections": ("gauge", "Inactive connections (IPVS)."),
+    "lvscare_virtual_server_healthy_real_servers": (
+        "gauge", "Real servers taking new connections by their health."),
+    "lvscare_virtual_server_all_down": (
+        "gauge", "1 while every real server is down and the last healthy ones are kept (fail-open)."),
+    "lvscare_last_reconcile_timestamp_seconds": ("gauge", "Unix time of the last successful reconcile."),
+    "lvscare_sysctl": ("gauge", "IPVS sysctls lvscare relies on."),
+    "lvscare_build_info": ("gauge", "Build information."),
+    "lvscare_probes": ("counter", "Health probes by outcome."),
+    "lvscare_real_server_transitions": ("counter", "Health state changes, by the state entered."),
+    "lvscare_rules_repaired": ("counter", "Changes that undid someone else's change to our rules or VIP."),
+    "lvscare_clients_nudged": (
+        "counter", "Client connections of deleted real servers told to reconnect at once."),
+    "lvscare_reconcile_errors": ("counter", "Failed reconciles, by kind."),
+    "lvscare_probe_duration_seconds": ("histogram", "Duration of health probes."),
+    "lvscare_reconcile_duration_seconds": ("histogram", "Duration of one reconcile with the kernel."),
+}
+
+
+def test_every_family_every_sample() -> None:
+    """A state that fills every family, read back sample by sample, with each family's type and
+    help text; the names and labels are those of docs/design.md's metric table."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from lvscare.health import Health
+    from lvscare.plan import Dest
+    from lvscare.snapshot import RealServerView, VirtualServerView
+
+    rs1, rs2 = VS.real_servers
+    snap = Snapshot(Config(virtual_servers=(VS,), metrics_address=""), (VirtualServerView(VS, False, (
+        RealServerView(rs1, Health(State.DOWN, dead=True), Dest(rs1.endpoint, 0, active_conns=3,
+                                                                inactive_conns=4)),
+        RealServerView(rs2, Health(State.RECOVERING), None))),),
+        last_reconcile=None, sysctls={"net/ipv4/vs/expire_nodest_conn": "1",
+                                      "net/ipv4/vs/conntrack": "-1", "net/ipv4/vs/odd": "x",
+                                      "net/ipv4/vs/gone": None})
+    m = Metrics()
+    m.probe(KEY1, Outcome.TLS, 0.2)
+    m.transition(KEY1, State.DOWN)
+    m.transition(KEY1, State.DOWN)
+    m.repair(VS.endpoint, 2)
+    m.nudged(VS.endpoint, 5)
+    m.reconcile_error("EPERM")
+    with m.reconcile_timer():
+        pass
+    fams = {f.name: f for f in text_string_to_metric_families(m.render(snap).decode())}
+    assert {n: (f.type, f.documentation) for n, f in fams.items()} == HELP
+    vs, a, b = "10.103.97.2:6443", "10.0.0.1:6443", "10.0.0.2:6443"
+
+    def value(metric: str, **labels: str) -> float:
+        (s,) = [s for f in fams.values() for s in f.samples if s.name == metric and s.labels == labels]
+        return float(s.value)
+
+    assert value("lvscare_real_server_up", vs=vs, rs=a) == 0
+    assert value("lvscare_real_server_up", vs=vs, rs=b) == 0  # recovering: not yet
+    for state in State:
+        assert value("lvscare_real_server_state", vs=vs, rs=a, state=state.value) == (state is State.DOWN)
+        assert value("lvscare_real_server_state", vs=vs, rs=b, state=state.value) == (
+            state is State.RECOVERING)
+    assert value("lvscare_real_server_kernel_weight", vs=vs, rs=a) == 0
+    assert value("lvscare_real_server_kernel_weight", vs=vs, rs=b) == -1
+    assert value("lvscare_real_server_configured_weight", vs=vs, rs=a) == 1
+    assert value("lvscare_real_server_active_connections", vs=vs, rs=a) == 3
+    assert value("lvscare_real_server_inactive_connections", vs=vs, rs=a) == 4
+    assert value("lvscare_real_server_active_connections", vs=vs, rs=b) == 0
+    assert value("lvscare_virtual_server_healthy_real_servers", vs=vs) == 0
+    assert value("lvscare_virtual_server_all_down", vs=vs) == 0
+    assert value("lvscare_last_reconcile_timestamp_seconds") == 0  # never
+    assert value("lvscare_sysctl", name="net.ipv4.vs.expire_nodest_conn") == 1
+    assert value("lvscare_sysctl", name="net.ipv4.vs.conntrack") == -1
+    assert [s for s in fams["lvscare_sysctl"].samples if s.labels["name"].endswith(("odd", "gone"))] == []
+    assert value("lvscare_probes_total", vs=vs, rs=a, outcome="tls") == 1
+    assert value("lvscare_real_server_transitions_total", vs=vs, rs=a, state="down") == 2
+    assert value("lvscare_rules_repaired_total", vs=vs) == 2
+    assert value("lvscare_clients_nudged_total", vs=vs) == 5
+    assert value("lvscare_reconcile_errors_total", kind="EPERM") == 1
+    assert value("lvscare_probe_duration_seconds_bucket", vs=vs, rs=a, le="0.25") == 1
+    assert value("lvscare_probe_duration_seconds_bucket", vs=vs, rs=a, le="0.05") == 0
+    assert value("lvscare_reconcile_duration_seconds_count") == 1
+    assert value("lvscare_reconcile_duration_seconds_bucket", le="+Inf") == 1
+    # The families and labels docs/design.md promises.
+    from pathlib import Path
+    table = (Path(__file__).parents[2] / "docs" / "design.md").read_text()
+    documented = set(re.findall(r"^\| `(lvscare_[a-z_]+)`", table, re.M))
+    exported = {n + ("_total" if f.type == "counter" else "") for n, f in fams.items()}
+    assert documented <= exported and len(documented) >= 15
+
+
+def test_last_reconcile_and_build_info() -> None:
+    from lvscare import __version__
+
+    snap = Snapshot(Config(virtual_servers=(VS,), metrics_address=""), last_reconcile=1.8e9)
+    f = families(Metrics(), snap)
+    assert f["lvscare_last_reconcile_timestamp_seconds"][()] == 1.8e9
+    ((labels, one),) = f["lvscare_build_info"].items()
+    assert one == 1 and dict(labels)["version"] == __version__
+
+
+def test_numbers_in_the_text_format() -> None:
+    import math
+
+    from lvscare.metrics import _num
+
+    assert [_num(v) for v in (math.inf, -math.inf, math.nan, 0, 1, 2.5, -1, 1e21)] == [
+        "+Inf", "-Inf", "NaN", "0.0", "1.0", "2.5", "-1.0", "1e+21"]
+
+
+def test_a_histogram_without_labels_and_with() -> None:
+    from lvscare.metrics import Histogram
+
+    h = Histogram((0.1, 1.0))
+    for v in (0.05, 0.1, 0.5, 3.0):
+        h.observe(v)
+    assert list(h.lines("x", "")) == [
+        'x_bucket{le="0.1"} 2.0', 'x_bucket{le="1.0"} 3.0', 'x_bucket{le="+Inf"} 4.0',
+        "x_sum 3.65", "x_count 4.0"]
+    labelled = list(h.lines("x", 'a="b"'))
+    assert labelled[0] == 'x_bucket{a="b",le="0.1"} 2.0' and labelled[-1] == 'x_count{a="b"} 4.0'

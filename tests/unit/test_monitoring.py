@@ -34,3 +34,13 @@ def test_rules_and_dashboard_only_use_exported_metrics() -> None:
     text += " ".join(t["expr"] for p in dashboard["panels"] for t in p["targets"])
     used = set(re.findall(r"\blvscare_[a-z_]+", text))
     assert used and used <= EXPORTED, used - EXPORTED
+
+
+def test_the_panels_the_docs_name_exist() -> None:
+    """docs/coexistence.md sends operators to a sysctl panel: it exists and reads lvscare_sysctl."""
+    dashboard = json.loads((ROOT / "dashboard.json").read_text())
+    panels = {p["title"]: " ".join(t["expr"] for t in p["targets"]) for p in dashboard["panels"]}
+    docs = re.sub(r"\s+", " ", " ".join(p.read_text() for p in (ROOT.parent / "docs").glob("*.md")))
+    named = re.findall(r'panel "([^"]+)"', docs)
+    assert named and set(named) <= set(panels), set(named) - set(panels)
+    assert any("lvscare_sysctl" in expr for expr in panels.values())

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import ipaddress
+import socket
 
 from hypothesis import given
 from hypothesis import strategies as st
@@ -147,3 +148,25 @@ def test_run_once_keeps_the_daemons_verdicts_on_a_table_it_finds() -> None:
     assert weights == {(vip, b): None, (vip, c): 0}
     table = desired_table(vs, weights)
     assert {e: dst.weight for e, dst in table[key].dests.items()} == {a: 1, c: 0, d: 1}
+
+
+def test_operations_in_words() -> None:
+    """The log lines of every change (docs/troubleshooting.md quotes them)."""
+    from lvscare.plan import describe_op
+
+    udp = ServiceKey(ep("10.103.97.2:53"), socket.IPPROTO_UDP)
+    d = Dest(ep("10.0.0.1:6443"), 3)
+    assert [describe_op(op) for op in (
+        AddService(Service(KEY, "rr")), SetService(Service(KEY, "wlc")), DelService(KEY),
+        AddDest(KEY, d), SetDest(KEY, Dest(d.endpoint, 0)), DelDest(KEY, d.endpoint),
+        DelService(udp),
+    )] == [
+        "add virtual server TCP 10.103.97.2:6443 (rr)",
+        "update virtual server TCP 10.103.97.2:6443 (wlc)",
+        "delete virtual server TCP 10.103.97.2:6443",
+        "add real server 10.0.0.1:6443 weight 3 on TCP 10.103.97.2:6443",
+        "set real server 10.0.0.1:6443 weight 0 on TCP 10.103.97.2:6443",
+        "delete real server 10.0.0.1:6443 from TCP 10.103.97.2:6443",
+        "delete virtual server UDP 10.103.97.2:53",
+    ]
+    assert str(ServiceKey(ep("[fd00::2]:6443"))) == "TCP [fd00::2]:6443"
