@@ -359,12 +359,12 @@ def _duration(low: float, high: float) -> Parser:
 
 
 def _interval(value: Any, name: str) -> float:
-    seconds = parse_duration(value, name, 0, 3600)
+    seconds = parse_duration(value, name, 0, math.inf)
     if seconds == 0:
         # Go lvscare read 0 as "its default, 5s"; saying so beats a silent change of meaning.
         raise UserError(f"{name}: 0 is not an interval (Go lvscare took it for its default 5s; "
                         "leave the setting out for lvscare's 1s)")
-    if seconds < 0.1:
+    if not 0.1 <= seconds <= 3600:
         raise UserError(f"{name}: {show(value)} is out of range 100ms-1h")
     return seconds
 

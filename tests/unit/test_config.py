@@ -383,3 +383,86 @@ def test_edges_that_are_accepted() -> None:
     assert parse_status_codes(401, "--s") == frozenset({401})
     assert parse_positive_int(1, "--n") == 1 and parse_positive_int(" 1000 ", "--n") == 1000
     assert parse_positive_int(0, "--n", minimum=0) == 0
+
+
+def _err(call) -> str:  # type: ignore[no-untyped-def]
+    with pytest.raises(UserError) as err:
+        call()
+    return str(err.value)
+
+
+def test_address_and_duration_messages_whole() -> None:
+    from lvscare.config import _interval, _listen, _path, parse_ip
+
+    assert [_err(lambda v=v: parse_endpoint(v, "--vs")) for v in (
+        5, "[fd00::1]6443", "fd00::1:6443", "10.0.0.1", ":6443", "10.0.0.1:x")] == [
+        "--vs: 5 is not an address:port",
+        "--vs: '[fd00::1]6443' is not [IPv6]:port",
+        "--vs: 'fd00::1:6443' is an IPv6 address without brackets; write [addr]:port",
+        "--vs: '10.0.0.1' has no port (expected address:port)",
+        "--vs: ':6443' has no address",
+        "--vs: '10.0.0.1:x' has no valid port"]
+    assert parse_endpoint(" [fd00::1]:6443 ", "--vs") == Endpoint(ipaddress.ip_address("fd00::1"), 6443)
+    assert [_err(lambda v=v: parse_ip(v, "--ip")) for v in (5, "fd00::1%eth0", "x")] == [
+        "--ip: 5 is not an IP address",
+        "--ip: 'fd00::1%eth0' has a zone id (%…), which IPVS cannot use",
+        "--ip: 'x' is not an IP address"]
+    assert parse_ip("[fd00::1]", "--ip") == ipaddress.ip_address("fd00::1")
+    assert parse_ip(" 10.0.0.1 ", "--ip") == ipaddress.ip_address("10.0.0.1")
+    assert [_err(lambda v=v: parse_duration(v, "--d", 0, 86400)) for v in (
+        "5x", "1" * 41, "1" * 40, -5, [1])] == [
+        "--d: '5x' is not a duration (use 5, 5s or 500ms)",
+        "--d: '11111111111111111111111111111111111111111' is not a duration (use 5, 5s or 500ms)",
+        "--d: '1111111111111111111111111111111111111111' is out of range 0s-24h",
+        "--d: -5 must not be negative",
+        "--d: [1] is not a duration (use 5, 5s or 500ms)"]
+    assert parse_duration("86400", "--d", 0, 86400) == 86400 and parse_duration(0, "--d") == 0
+    assert parse_duration("1m30s", "--d") == 90 and parse_duration(" 250ms ", "--d") == 0.25
+    assert [_err(lambda v=v: _interval(v, "--i")) for v in ("2h", "50ms")] == [
+        "--i: '2h' is out of range 100ms-1h", "--i: '50ms' is out of range 100ms-1h"]
+    assert _interval("1h", "--i") == 3600 and _interval("100ms", "--i") == 0.1
+    assert [_listen(v, "--m") for v in ("", " off ", "none", ":10262", "[::]:10262")] == [
+        "", "", "", ":10262", "[::]:10262"]
+    assert [_err(lambda v=v: _listen(v, "--m")) for v in ("OFF", "127.0.0.1:0", ":0", 5)] == [
+        "--m: 'OFF' has no port (expected address:port)",
+        "--m: port 0 in '127.0.0.1:0' is out of range 1-65535",
+        "--m: port 0 in ':0' is out of range 1-65535",
+        "--m: 5 is not an address:port"]
+    assert _path("healthz", "--p") == "/healthz" and _path(" /readyz ", "--p") == "/readyz"
+    assert [_err(lambda v=v: _path(v, "--p")) for v in ("/a b", "/é", 5, "")] == [
+        "--p: '/a b' is not a request path (ASCII, no spaces)",
+        "--p: '/é' is not a request path (ASCII, no spaces)",
+        "--p: 5 is not a path",
+        "--p: '' is not a request path (ASCII, no spaces)"]
+
+
+@pytest.mark.parametrize(("text", "value"), [
+    *[(t, True) for t in ("1", "t", "T", "true", "TRUE", "True", "yes", "Yes", "y", "Y", "on", "ON",
+                          " on ")],
+    *[(t, False) for t in ("0", "f", "F", "false", "FALSE", "no", "NO", "n", "N", "off", "Off")],
+])
+def test_every_boolean_spelling(text: str, value: bool) -> None:
+    from lvscare.config import parse_bool
+
+    assert parse_bool(text, "--b") is value
+
+
+def test_not_a_boolean() -> None:
+    from lvscare.config import parse_bool
+
+    assert _err(lambda: parse_bool("maybe", "--b")) == "--b: 'maybe' is not a boolean (use true or false)"
+    assert _err(lambda: parse_bool(1, "--b")) == "--b: 1 is not a boolean (use true or false)"
+    assert parse_bool(False, "--b") is False
+
+
+def test_lists_modes_and_how_values_are_shown() -> None:
+    from lvscare.config import one_line, parse_mode, show, split_list
+
+    assert split_list(["a, b", 3, ""], "--l") == ["a", "b", "3"] and split_list("x,y", "--l") == ["x", "y"]
+    assert _err(lambda: split_list(5, "--l")) == "--l: 5 is not a list"
+    assert _err(lambda: split_list([True], "--l")) == "--l: True is not text"
+    assert [parse_mode(m, "--mode") for m in ("", "route", "link", "none")] == ["none", "route", "link", "none"]
+    assert _err(lambda: parse_mode("LINK", "--mode")) == "--mode: 'LINK' is not one of route, link, none"
+    assert show("a\nb") == "'a\\nb'" and show(5) == "5"
+    assert show("x" * 300) == "'" + "x" * 55 + "..." + "'"
+    assert one_line("a\nb\r\nc") == "a\\nb\\r\\nc"

@@ -446,7 +446,9 @@ def test_join_configuration_is_the_whole_document() -> None:
 
     plan = Plan(masters=("10.0.0.2",), nodes=("n1",), user="root", port=6444)
     token = JoinToken("abcdef.0123456789abcdef", ("sha256:" + "a" * 64, "sha256:" + "b" * 64))
-    doc = yaml.safe_load(join_configuration(plan, token, "kubeadm.k8s.io/v1beta3"))
+    text = join_configuration(plan, token, "kubeadm.k8s.io/v1beta3")
+    assert text.startswith("apiVersion: kubeadm.k8s.io/v1beta3\nkind: JoinConfiguration\n")
+    doc = yaml.safe_load(text)
     assert doc == {
         "apiVersion": "kubeadm.k8s.io/v1beta3",
         "kind": "JoinConfiguration",
@@ -478,3 +480,23 @@ def test_hosts_block_markers_exactly() -> None:
     # A name among several on a line, with a comment after it, is a mapping.
     with pytest.raises(hosts.HostsConflict):
         hosts.with_entry("10.0.0.5 other apiserver.cluster.local # note\n", "10.103.97.2")
+
+
+def test_hosts_markers_are_whole_lines_and_comments_are_not_mappings() -> None:
+    b, e = hosts.BEGIN, hosts.END
+    # a marker with trailing blanks or more text is not a marker
+    assert hosts.without_entry(f"{b}  \n1.1.1.1 a\n") == f"{b}  \n1.1.1.1 a\n"
+    assert hosts.without_entry(f"{b}\n1.1.1.1 a\n{e}X\n2.2.2.2 b\n") == ""  # unterminated: ours
+    # an empty block, and an END before the block
+    assert hosts.without_entry(f"1.1.1.1 a\n{b}\n{e}\n2.2.2.2 b\n") == "1.1.1.1 a\n2.2.2.2 b\n"
+    assert hosts.without_entry(f"{e}\n{b}\nx\n{e}\ny\n") == f"{e}\ny\n"
+    # the name in a comment after a second '#' is still a comment
+    text = "1.1.1.1 foo # old: # 9.9.9.9 apiserver.cluster.local\n"
+    assert hosts.with_entry(text, "10.103.97.2").startswith(text)
+
+
+def test_result_table_lists_every_step_not_done() -> None:
+    from installer.plan import NodeResult, table
+
+    r = NodeResult("n1", {"preflight": "ok", "lvscare": "done", "join": "skipped"}, seconds=1.0)
+    assert table([r]).splitlines()[1].endswith("preflight ok, join skipped")

@@ -263,3 +263,26 @@ def test_a_histogram_without_labels_and_with() -> None:
         "x_sum 3.65", "x_count 4.0"]
     labelled = list(h.lines("x", 'a="b"'))
     assert labelled[0] == 'x_bucket{a="b",le="0.1"} 2.0' and labelled[-1] == 'x_count{a="b"} 4.0'
+
+
+def test_counters_add_up() -> None:
+    m = Metrics()
+    for _ in range(3):
+        m.probe(KEY1, Outcome.TIMEOUT, 0.8)
+    m.nudged(VS.endpoint, 2)
+    m.nudged(VS.endpoint, 3)
+    f = families(m, core().snapshot({}))
+    vs, rs = ("vs", "10.103.97.2:6443"), ("rs", "10.0.0.1:6443")
+    assert f["lvscare_probes_total"][(("outcome", "timeout"), rs, vs)] == 3
+    assert f["lvscare_clients_nudged_total"][(vs,)] == 5
+
+
+def test_escaping_in_the_raw_text() -> None:
+    m = Metrics()
+    m.reconcile_error('back\\slash "q"\nn')
+    text = m.render(core().snapshot({})).decode()
+    assert 'lvscare_reconcile_errors_total{kind="back\\\\slash \\"q\\"\\nn"} 1.0' in text
+    # A sysctl that does not read as a number is left out, not rendered as garbage.
+    text = Metrics().render(Snapshot(Config(virtual_servers=(VS,), metrics_address=""),
+                                     sysctls={"net/ipv4/vs/a": "X1", "net/ipv4/vs/b": "-1"})).decode()
+    assert 'lvscare_sysctl{name="net.ipv4.vs.b"} -1.0' in text and "net.ipv4.vs.a" not in text

@@ -170,3 +170,20 @@ def test_operations_in_words() -> None:
         "delete virtual server UDP 10.103.97.2:53",
     ]
     assert str(ServiceKey(ep("[fd00::2]:6443"))) == "TCP [fd00::2]:6443"
+
+
+def test_every_service_is_planned_whatever_comes_before_it() -> None:
+    """Services are planned in order; one with nothing to do (owned, absent everywhere) or created
+    whole must not end the planning of those after it."""
+    gone = ServiceKey(ep("10.0.0.1:1"))  # sorts first
+    new = ServiceKey(ep("10.0.0.2:1"))
+    want = desired_table([VS])
+    ops = diff({new: ServiceState(Service(new, "rr")), **want}, {}, [gone, new, KEY])
+    assert AddService(Service(new, "rr")) in ops and AddService(Service(KEY, "rr")) in ops
+
+
+def test_run_once_keeps_verdicts_in_every_virtual_server() -> None:
+    first = VirtualServer(ep("10.0.0.9:1"), (RealServer(ep("10.0.1.1:1")),))  # sorts first, absent
+    kernel = desired_table([VS])
+    del kernel[KEY].dests[ep("10.0.0.2:6443")]
+    assert run_once_weights([first, VS], kernel) == {(VS.endpoint, ep("10.0.0.2:6443")): None}
