@@ -461,7 +461,8 @@ def test_lists_modes_and_how_values_are_shown() -> None:
     assert split_list(["a, b", 3, ""], "--l") == ["a", "b", "3"] and split_list("x,y", "--l") == ["x", "y"]
     assert _err(lambda: split_list(5, "--l")) == "--l: 5 is not a list"
     assert _err(lambda: split_list([True], "--l")) == "--l: True is not text"
-    assert [parse_mode(m, "--mode") for m in ("", "route", "link", "none")] == ["none", "route", "link", "none"]
+    modes = [parse_mode(m, "--mode") for m in ("", "route", "link", "none")]
+    assert modes == ["none", "route", "link", "none"]
     assert _err(lambda: parse_mode("LINK", "--mode")) == "--mode: 'LINK' is not one of route, link, none"
     assert show("a\nb") == "'a\\nb'" and show(5) == "5"
     assert show("x" * 300) == "'" + "x" * 55 + "..." + "'"
