@@ -500,3 +500,12 @@ def test_result_table_lists_every_step_not_done() -> None:
 
     r = NodeResult("n1", {"preflight": "ok", "lvscare": "done", "join": "skipped"}, seconds=1.0)
     assert table([r]).splitlines()[1].endswith("preflight ok, join skipped")
+
+
+def test_hosts_markers_with_trailing_characters_are_not_markers() -> None:
+    b, e = hosts.BEGIN, hosts.END
+    assert hosts.without_entry(f"{b}X\n1.1.1.1 a\n{e}\n") == f"{b}X\n1.1.1.1 a\n{e}\n"
+    assert hosts.without_entry(f"{b}\n1.1.1.1 a\n{e}  \n2.2.2.2 b\n") == ""  # no END: ours to the end
+    # the name after a first '#' is a comment even when another '#' follows
+    text = "1.1.1.1 foo # apiserver.cluster.local # note\n"
+    assert hosts.with_entry(text, "10.103.97.2").startswith(text)
