@@ -467,3 +467,59 @@ def test_lists_modes_and_how_values_are_shown() -> None:
     assert show("a\nb") == "'a\\nb'" and show(5) == "5"
     assert show("x" * 300) == "'" + "x" * 55 + "..." + "'"
     assert one_line("a\nb\r\nc") == "a\\nb\\r\\nc"
+
+
+def test_more_messages_whole() -> None:
+    from lvscare.config import (
+        _check_keys,
+        _file,
+        _iface,
+        _interval,
+        _listen,
+        _method,
+        load_yaml,
+        one_line,
+        parse_ip,
+        parse_mode,
+        parse_real_server,
+        show,
+        unicast,
+    )
+
+    assert [_err(lambda f=f: f(5, "--x")) for f in (_iface, _file, parse_mode, _method)] == [
+        "--x: 5 is not an interface name", "--x: 5 is not a file path", "--x: 5 is not a mode",
+        "--x: 5 is not an HTTP method"]
+    assert _err(lambda: _file("", "--x")) == "--x: empty path"
+    assert _err(lambda: _iface("a b", "--x")) == (
+        "--x: 'a b' is not a valid interface name (1-15 of A-Z a-z 0-9 _ . -)")
+    assert _iface("Lvs0", "--x") == "Lvs0"
+    assert _err(lambda: parse_real_server("bad", "rs")) == "rs: 'bad' has no port (expected address:port)"
+    assert _err(lambda: parse_real_server({"address": "bad"}, "rs")) == (
+        "rs: 'bad' has no port (expected address:port)")
+    assert _err(lambda: parse_endpoint("0.0.0.0:1", "--vs")) == (
+        "--vs: '0.0.0.0:1' is not a usable unicast address")
+    assert _err(lambda: unicast(ipaddress.ip_address("224.0.0.1"), "--ip", "224.0.0.1")) == (
+        "--ip: '224.0.0.1' is not a usable unicast address")
+    assert _err(lambda: parse_endpoint("fd00::1", "--vs")) == (
+        "--vs: 'fd00::1' is an IPv6 address without brackets; write [addr]:port")
+    assert parse_endpoint("10.0.0.1:65535", "--vs").port == 65535
+    a = parse_endpoint("10.0.0.1:1", "--vs")
+    assert not a < a and a < parse_endpoint("10.0.0.1:2", "--vs")
+    assert _err(lambda: parse_ip("fd00::1]", "--ip")) == "--ip: 'fd00::1]' is not an IP address"
+    assert show("x" * 58) == "'" + "x" * 58 + "'" and show("x" * 59).endswith("...'")
+    assert one_line("é\n") == "é\\n"
+    assert _err(lambda: _interval("25h", "--i")) == "--i: '25h' is out of range 100ms-1h"
+    assert _err(lambda: _interval("3601", "--i")) == "--i: '3601' is out of range 100ms-1h"
+    assert _err(lambda: _interval("0", "--i")) == (
+        "--i: 0 is not an interval (Go lvscare took it for its default 5s; leave the setting out "
+        "for lvscare's 1s)")
+    assert _err(lambda: parse_duration("86401", "--d")) == "--d: '86401' is out of range 0s-24h"
+    assert _err(lambda: parse_duration(float("inf"), "--d")) == (
+        "--d: inf is not a duration (use 5, 5s or 500ms)")
+    assert _err(lambda: _listen("0.0.0.0:99999", "--m")) == (
+        "--m: port 99999 in '0.0.0.0:99999' is out of range 1-65535")
+    assert _err(lambda: _check_keys({"Colour": 1}, {"vs"}, "w")) == "w: unknown key 'Colour' (allowed: vs)"
+    assert _err(lambda: load_yaml("\x07", "care.yaml")) == "care.yaml: not valid YAML"
+    # 33 levels after a sibling scalar: the depth count must come back to its level, not to 1
+    deep = "a: [x, " + "[" * 31 + "]" * 31 + "]\n"
+    assert _err(lambda: load_yaml(deep, "care.yaml")) == "care.yaml line 1: nested more than 32 levels deep"
