@@ -523,3 +523,36 @@ def test_more_messages_whole() -> None:
     # 33 levels after a sibling scalar: the depth count must come back to its level, not to 1
     deep = "a: [x, " + "[" * 31 + "]" * 31 + "]\n"
     assert _err(lambda: load_yaml(deep, "care.yaml")) == "care.yaml line 1: nested more than 32 levels deep"
+
+
+def test_every_care_variable_and_where_errors_point() -> None:
+    """Each CARE_* name reaches its setting (the alias too), and every error names where the
+    value came from: the variable, the flag, the file and the path inside it."""
+    base = {"vs": VS, "rs": ["10.0.0.1:6443"]}
+    c = build_config(base, {"CARE_LOGGER": "DEBG", "CARE_LOG_FORMAT": "json",
+                            "CARE_HEALTH_SCHEME": "http"})
+    assert (c.log_level, c.log_format, c.virtual_servers[0].health.scheme) == ("debug", "json", "http")
+    assert build_config(base, {"CARE_LOG_LEVEL": "warning"}).log_level == "warning"
+    assert build_config({"vs": VS}, {"CARE_CLEAN": "true"}).clean
+    assert build_config(base, {}).config_file is None
+    assert _err(lambda: build_config(base, {"CARE_RUN_ONCE": "maybe"})) == (
+        "CARE_RUN_ONCE: 'maybe' is not a boolean (use true or false)")
+    assert _err(lambda: build_config({"vs": VS}, {"CARE_CLEAN": "maybe"})) == (
+        "CARE_CLEAN: 'maybe' is not a boolean (use true or false)")
+    assert _err(lambda: build_config({"vs": VS, "rs": ["bad"]}, {})) == (
+        "--rs: 'bad' has no port (expected address:port)")
+    assert _err(lambda: build_config({}, {}, "mode: x\n")) == (
+        "config: mode: 'x' is not one of route, link, none")  # the default name of the file
+    for text, message in (
+            ("virtualServers: [5]\n", "care.yaml: virtualServers[0]: must be a mapping"),
+            ("virtualServers: [{vs: bad}]\n",
+             "care.yaml: virtualServers[0].vs: 'bad' has no port (expected address:port)"),
+            ("virtualServers: [{vs: '10.0.0.1:1'}]\n",
+             "care.yaml: virtualServers[0]: virtual server 10.0.0.1:1 has no real servers (give --rs)"),
+            ("virtualServers: [{vs: '10.0.0.1:1', realServers: ['10.0.0.2:1'], health: {path: 'a b'}}]\n",
+             "care.yaml: virtualServers[0].health.path: 'a b' is not a request path (ASCII, no spaces)"),
+            ("virtualServers: []\n", "care.yaml: virtualServers must be a non-empty list"),
+            ("virtualServers: 5\n", "care.yaml: virtualServers must be a non-empty list")):
+        assert _err(lambda t=text: cfg(yaml_text=t)) == message
+    assert cfg(yaml_text="virtualServers: [{vs: '10.0.0.1:1', realServers: ['10.0.0.2:1']}]\n"
+               ).config_file == "care.yaml"
