@@ -5,6 +5,7 @@ Every response body is the backend's name, so a client can tell which real serve
 
   ok        200 on every path (default, also when the file is absent or empty)
   500 / 401 that HTTP status on the health path, 200 elsewhere
+  flap      500 and 200 in turn on the health path: every other probe fails
   hang      accept TCP, read the request, never answer
   tls-hang  accept TCP, never start the TLS handshake
 """
@@ -12,6 +13,7 @@ Every response body is the backend's name, so a client can tell which real serve
 from __future__ import annotations
 
 import argparse
+import itertools
 import socket
 import ssl
 import time
@@ -38,6 +40,8 @@ def main() -> None:
         except OSError:
             return ""
 
+    turns = itertools.count()  # flap: one count per health request (atomic in CPython)
+
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
 
@@ -52,6 +56,8 @@ def main() -> None:
             status = 200
             if mode.isdigit() and self.path.split("?")[0] == args.health_path:
                 status = int(mode)
+            elif mode == "flap" and self.path.split("?")[0] == args.health_path:
+                status = 500 if next(turns) % 2 == 0 else 200
             body = (args.name + "\n").encode()
             self.send_response(status)
             self.send_header("Content-Type", "text/plain")
