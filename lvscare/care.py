@@ -84,7 +84,7 @@ async def run_once(cfg: Config) -> list[Op]:
                 await access.ensure(vs)
     for vs in cfg.virtual_servers:
         out = [str(rs.endpoint) for rs in vs.real_servers
-               if (vs.endpoint, rs.endpoint) in weights and weights[(vs.endpoint, rs.endpoint)] is None]
+               if weights.get((vs.endpoint, rs.endpoint), 0) is None]
         log.info("virtual server ready", vs=str(vs.endpoint), mode=vs.mode,
                  real_servers=[str(rs.endpoint) for rs in vs.real_servers if str(rs.endpoint) not in out],
                  changes=sum(1 for op in ops if op_key(op) == service_key(vs)),

@@ -112,12 +112,7 @@ def cmd_static_pod(args: argparse.Namespace) -> int:
         if not to_stdout:
             # Written here, so read here: the probes' certificates must be what the daemon accepts,
             # or the pod would exit 2 at every start. (--print may run on another machine.)
-            from lvscare.careflags import load_config, parse_care_args
-            from lvscare.tls import check_certificates
-
-            argv = staticpod.care_args(pod.vip, pod.masters, pod.options)
-            check_certificates([vs.health for vs in load_config(parse_care_args(argv), {},
-                                                                 hosts=None).virtual_servers])
+            staticpod.check_certificate_files(staticpod.care_args(pod.vip, pod.masters, pod.options))
     if to_stdout:
         sys.stdout.write(text)
         return 0

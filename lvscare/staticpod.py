@@ -146,6 +146,14 @@ def certificates(args: list[str]) -> list[tuple[str, str]]:
     return [(flag, path) for flag in CERTIFICATE_FLAGS if (path := paths[flag])]
 
 
+def check_certificate_files(args: list[str]) -> None:
+    """Read the probes' certificate files as the daemon would (where the manifest is written)."""
+    from lvscare.tls import check_certificates
+
+    check_certificates([vs.health for vs in
+                        load_config(parse_care_args(args), {}, hosts=None).virtual_servers])
+
+
 def certificate_mounts(args: list[str]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Volumes and read-only mounts (at the same path) for the files of ``certificates``."""
     named = certificates(args)
