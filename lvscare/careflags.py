@@ -27,7 +27,7 @@ HELP = {
     "scheduler": "IPVS scheduler: rr (default), wrr, lc, wlc, sh, dh, ...",
     "mode": "how node-local clients reach the VIP: route (default), link, none",
     "health-type": "http (default) or tcp (connect only)",
-    "health-path": "probe path (default /healthz)",
+    "health-path": "probe path (default /readyz on HTTP/2, /healthz on HTTP/1.1)",
     "health-schem": "probe scheme: https (default) or http",
     "health-req-method": "probe method (default GET)",
     "health-req-headers": "probe headers, k=v[,k=v]",
@@ -38,6 +38,9 @@ HELP = {
     "health-ca": "CA bundle to verify apiserver certificates",
     "health-cert": "client certificate for probes",
     "health-key": "client key for probes",
+    "health-protocol": "auto (default: PING + readiness on HTTP/2 when the server speaks it, "
+                       "else HTTP/1.1) or http1 (one HTTP/1.1 request every interval)",
+    "readiness-interval": "time between readiness requests on HTTP/2 (default 5s)",
     "rise": "successes before a real server is put back (default 2)",
     "fall": "failures before a real server is taken out (default 2)",
 }

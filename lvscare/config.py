@@ -25,6 +25,7 @@ IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 SCHEDULERS = ("rr", "wrr", "lc", "wlc", "lblc", "lblcr", "dh", "sh", "sed", "nq", "fo", "ovf", "mh")
 MODES = ("route", "link", "none")
 HEALTH_TYPES = ("http", "tcp")
+HEALTH_PROTOCOLS = ("auto", "http1")
 ALL_DOWN = ("keep", "empty")
 DEFAULT_VIP = "10.103.97.2"
 DEFAULT_PORT = 6443
@@ -68,7 +69,7 @@ class RealServer:
 @dataclass(frozen=True)
 class HealthCheck:
     type: Literal["http", "tcp"] = "http"
-    path: str = "/healthz"
+    path: str | None = None  # None: the protocol's own (path_for)
     scheme: Literal["http", "https"] = "https"
     method: str = "GET"
     headers: tuple[tuple[str, str], ...] = ()
@@ -81,6 +82,17 @@ class HealthCheck:
     key: str | None = None
     rise: int = 2
     fall: int = 2
+    # auto: HTTP/2 when the server negotiates it (liveness by PING every interval, readiness by a
+    # request every readiness_interval), else HTTP/1.1 as http1: one request every interval.
+    protocol: Literal["auto", "http1"] = "auto"
+    readiness_interval: float = 5.0
+
+    def path_for(self, h2: bool) -> str:
+        """The request's path when none is set: readiness (/readyz) beside HTTP/2's PING, Go
+        lvscare's /healthz for the HTTP/1.1 probe that is both liveness and readiness."""
+        if self.path is not None:
+            return self.path
+        return "/readyz" if h2 else "/healthz"
 
 
 @dataclass(frozen=True)
@@ -422,6 +434,10 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("health-ca", "ca", "health", _file, "ca"),
     Setting("health-cert", "cert", "health", _file, "cert"),
     Setting("health-key", "key", "health", _file, "key"),
+    Setting("health-protocol", "protocol", "health",
+            lambda v, n: parse_choice(v, n, HEALTH_PROTOCOLS), "protocol"),
+    Setting("readiness-interval", "readiness_interval", "health", _duration(0.1, 3600),
+            "readinessInterval"),
     Setting("rise", "rise", "health", lambda v, n: parse_positive_int(v, n, 1, 100), "rise"),
     Setting("fall", "fall", "health", lambda v, n: parse_positive_int(v, n, 1, 100), "fall"),
 )

@@ -50,8 +50,18 @@ class Transition:
     new: Health
     result: ProbeResult
 
+    @property
+    def state_changed(self) -> bool:
+        return self.new.state is not self.old.state
+
     def event(self) -> Event:
         r = self.result
+        if not self.state_changed:  # only slowness changed; the state says whether it serves
+            return Event("real server slow: kept, it answers PINGs" if self.new.slow else
+                         "real server answers readiness in time again",
+                         "warning" if self.new.slow else "info", {
+                             "vs": str(self.key[0]), "rs": str(self.key[1]),
+                             "state": self.new.state.value, "reason": r.detail or None})
         return Event("real server " + self.new.state.value, "info", {
             "vs": str(self.key[0]), "rs": str(self.key[1]), "was": self.old.state.value,
             "probe": r.outcome.value, "reason": r.detail or None, "latency": round(r.latency, 4)})
@@ -146,15 +156,16 @@ class Core:
         return [Event("adopted existing rules", "info", {"virtual_servers": adopted})] if adopted else []
 
     def observe(self, key: RsKey, result: ProbeResult, now: float) -> Transition | None:
-        """Feed one probe result; a Transition when the state changed (the reconciler should
-        run at once)."""
+        """Feed one probe result; a Transition when the state or its slowness changed (the
+        reconciler should run at once after a state change)."""
         old = self.health.get(key)
         vs = self.virtual_server(key[0])
         if old is None or vs is None:
             return None  # removed by a reload while the probe ran
         new = step(old, result, now, vs.health.rise, vs.health.fall)
         self.health[key] = new
-        return Transition(key, old, new, result) if new.state is not old.state else None
+        changed = new.state is not old.state or new.slow is not old.slow
+        return Transition(key, old, new, result) if changed else None
 
     def desired(self, now: float) -> tuple[Table, list[Event]]:
         """The table health asks for now, and what changed about fail-open."""

@@ -303,9 +303,10 @@ class Daemon:
             log.debug("probe", vs=str(key[0]), rs=str(key[1]), probe=result.outcome.value,
                       latency=round(result.latency, 4))
             return
-        self.metrics.transition(key, change.new.state)
         self._log([change.event()])
-        self._wake.set()
+        if change.state_changed:
+            self.metrics.transition(key, change.new.state)
+        self._wake.set()  # the reconcile also publishes the snapshot that shows slowness
 
     # -- reconciling -----------------------------------------------------------------------------
 

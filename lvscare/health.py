@@ -12,6 +12,10 @@ What a failure means decides what happens in the kernel:
 * unhealthy (an HTTP status that does not count): weight 0 first, so established connections
   finish (an apiserver in its shutdown delay still serves them); deleted after the drain period,
   or at once if it turns dead.
+* slow (HTTP/2 only: PINGs answered, the readiness request not in time): alive but overloaded.
+  Neither a success nor a failure: a serving real server stays serving (marked ``slow``), one
+  that is out stays out until it answers readiness in time. Ejecting a server for slowness moves
+  its load onto the others and makes them slow in turn (docs/design.md, "Slow is not dead").
 """
 
 from __future__ import annotations
@@ -38,10 +42,11 @@ class Outcome(StrEnum):
     TLS = "tls"
     HTTP_STATUS = "http_status"
     ERROR = "error"
+    SLOW = "slow"
 
     @property
     def dead(self) -> bool:
-        return self not in (Outcome.OK, Outcome.HTTP_STATUS)
+        return self not in (Outcome.OK, Outcome.HTTP_STATUS, Outcome.SLOW)
 
     @property
     def conclusive(self) -> bool:
@@ -69,6 +74,7 @@ class Health:
     dead: bool = False  # the failure that took it down (or keeps it down) was "dead"
     drain_since: float | None = None  # weight 0 since; None when not draining
     last: ProbeResult | None = None
+    slow: bool = False  # alive, readiness late (only HTTP/2 probes tell)
 
     @property
     def serving(self) -> bool:
@@ -86,6 +92,14 @@ def initial(now: float, present: bool | None = True) -> Health:
 
 def step(h: Health, result: ProbeResult, now: float, rise: int, fall: int) -> Health:
     """The health after one probe result."""
+    if result.outcome is Outcome.SLOW:
+        if h.state in (State.HEALTHY, State.FAILING):
+            return replace(h, state=State.HEALTHY, failures=0, drain_since=None, dead=False,
+                           since=h.since if h.state is State.HEALTHY else now, slow=True,
+                           last=result)
+        return replace(h, slow=True, last=result)
+    if h.slow:
+        h = replace(h, slow=False)
     if result.ok:
         if h.state in (State.HEALTHY, State.FAILING):
             return replace(h, state=State.HEALTHY, successes=h.successes + 1, failures=0,

@@ -160,6 +160,7 @@ class Metrics:
 
         gauges: dict[str, list[str]] = {n: [] for n in _GAUGES}
         up, state_lines = gauges["lvscare_real_server_up"], gauges["lvscare_real_server_state"]
+        slow = gauges["lvscare_real_server_slow"]
         kweight = gauges["lvscare_real_server_kernel_weight"]
         cweight = gauges["lvscare_real_server_configured_weight"]
         active = gauges["lvscare_real_server_active_connections"]
@@ -171,6 +172,7 @@ class Metrics:
                 _, lab, prefixes = self._rs_labels((vs, rv.real_server.endpoint))
                 h = rv.health
                 up.append(f"{lab} {float(h.serving)}")
+                slow.append(f"{lab} {float(h.slow)}")
                 state = h.state
                 state_lines.extend([p + ("1.0" if s is state else "0.0")
                                     for s, p in zip(_STATES, prefixes, strict=True)])
@@ -234,6 +236,8 @@ class Metrics:
 _GAUGES: dict[str, str] = {
     "lvscare_real_server_up": "1 if the real server takes new connections by its health.",
     "lvscare_real_server_state": "1 for the real server's current health state.",
+    "lvscare_real_server_slow":
+        "1 while the real server answers PINGs but not readiness in time (HTTP/2 probes): kept.",
     "lvscare_real_server_kernel_weight": "Weight in the kernel; -1 when not in the kernel.",
     "lvscare_real_server_configured_weight": "Configured weight.",
     "lvscare_real_server_active_connections": "Active connections (IPVS).",

@@ -92,7 +92,7 @@ def real_servers(vip: str, masters: Sequence[str]) -> list[str]:
 
 def care_args(vip: str, masters: Sequence[str], options: Sequence[str] = ()) -> list[str]:
     """The daemon's arguments, in Go lvscare's order, checked by the daemon's own parser."""
-    args = ["care", "--vs", str(parse_endpoint(vip, "--vip")), "--health-path", "/healthz",
+    args = ["care", "--vs", str(parse_endpoint(vip, "--vip")), "--health-path", "/readyz",
             "--health-schem", "https"]
     for rs in real_servers(vip, masters):
         args += ["--rs", rs]

@@ -10,7 +10,7 @@ from typing import Any
 
 from lvscare.errors import RuntimeFailure
 
-COLOURS = {"healthy": "32", "failing": "33", "recovering": "33", "down": "31"}
+COLOURS = {"healthy": "32", "failing": "33", "recovering": "33", "down": "31", "healthy (slow)": "33"}
 
 
 MAX_ANSWER = 4 << 20
@@ -98,7 +98,8 @@ def render(data: dict[str, Any], colour: bool) -> str:
             outcome = _clean(last.get("outcome", "-"))
             if last.get("error"):
                 outcome = f"{outcome}: {_clean(last['error'])}"
-            rows.append((_clean(rs["address"]), _clean(rs["state"]),
+            state = _clean(rs["state"]) + (" (slow)" if rs.get("slow") else "")
+            rows.append((_clean(rs["address"]), state,
                          f"{kernel}/{_clean(rs['configuredWeight'])}", latency,
                          _clean(rs["activeConnections"]), _clean(rs["inactiveConnections"]),
                          _since(float(rs["since"])), outcome))

@@ -28,6 +28,10 @@ from pathlib import Path
 
 _counter = itertools.count(1)
 BACKEND = str(Path(__file__).with_name("backend.py"))
+H2BACKEND = str(Path(__file__).with_name("h2backend.py"))
+# What a backend runs: our stdlib HTTP/1.1 server (with the tls-hang fault), or hypercorn with
+# ALPN h2 (as kube-apiserver) or ALPN http/1.1 only.
+SERVERS = ("stdlib", "h2", "h2-http1")
 CLIENT = str(Path(__file__).with_name("client.py"))
 
 
@@ -49,6 +53,19 @@ class Backend:
     local: bool = False
     proc: subprocess.Popen[bytes] | None = None
     listen_v6: bool = False
+    server: str = "stdlib"
+
+    @property
+    def count_file(self) -> Path:
+        return self.fault_file.with_name(f"count-{self.name}")
+
+    def requests(self) -> dict[str, int]:
+        """Requests this backend served, by path (hypercorn backends only)."""
+        try:
+            lines = self.count_file.read_text().splitlines()
+        except FileNotFoundError:
+            return {}
+        return {p: int(n) for p, n in (line.split() for line in lines if line.strip())}
 
     @property
     def address(self) -> str:
@@ -121,10 +138,14 @@ class Lab:
             return
         listen = f"[{backend.ip6}]:{backend.port}" if backend.listen_v6 else \
             f"{backend.ip4}:{backend.port}"
+        extra = [] if backend.server == "stdlib" else ["--count-file", str(backend.count_file)]
+        if backend.server == "h2-http1":
+            extra.append("--http1-only")
         backend.proc = subprocess.Popen(
-            ["ip", "netns", "exec", backend.netns, sys.executable, BACKEND, "--listen", listen,
+            ["ip", "netns", "exec", backend.netns, sys.executable,
+             BACKEND if backend.server == "stdlib" else H2BACKEND, "--listen", listen,
              "--name", backend.name, "--cert", str(self.cert), "--key", str(self.key),
-             "--fault-file", str(backend.fault_file)],
+             "--fault-file", str(backend.fault_file), *extra],
             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, start_new_session=True)
         assert backend.proc.stdout is not None
         line = backend.proc.stdout.readline()
@@ -185,7 +206,7 @@ def make_certificate(workdir: Path) -> tuple[Path, Path]:
 
 
 def build(backends: int = 3, local: bool = False, port: int = 6443, listen_v6: bool = False,
-          start: bool = True) -> Lab:
+          start: bool = True, server: str = "stdlib") -> Lab:
     """Create the namespaces (and start the backends unless ``start`` is False).
 
     With ``local``, the last backend listens on the node's own address instead of in a namespace.
@@ -215,12 +236,12 @@ def build(backends: int = 3, local: bool = False, port: int = 6443, listen_v6: b
                 _address_backend(ns, i)
                 lab.backends.append(Backend(f"backend-{i}", ns, f"10.200.{i}.2",
                                             f"fd00:200:{i}::2", port, workdir / f"fault-{i}",
-                                            listen_v6=listen_v6))
+                                            listen_v6=listen_v6, server=server))
             else:
                 # The node's own address: on the veth towards backend 1, as a NIC address.
                 lab.backends.append(Backend(f"backend-{i}", node, "10.200.1.1", "fd00:200:1::1",
                                             port, workdir / f"fault-{i}", local=True,
-                                            listen_v6=listen_v6))
+                                            listen_v6=listen_v6, server=server))
         if start:
             for b in lab.backends:
                 lab.start(b)

@@ -209,7 +209,8 @@ class FakeAccess:
 
 class FakeProber:
     """Each real server answers as its fault says: ok, refused, timeout (nothing comes back
-    within the probe's timeout), or an HTTP status ("500")."""
+    within the probe's timeout), slow (PINGs answered, readiness late), or an HTTP status
+    ("500")."""
 
     def __init__(self) -> None:
         self.faults: dict[Endpoint, str] = {}
@@ -253,6 +254,8 @@ class FakeProber:
             return ProbeResult(Outcome.REFUSED, 0.002, detail="connection refused")
         if fault.isdigit():
             return ProbeResult(Outcome.HTTP_STATUS, 0.002, int(fault), f"HTTP {fault}")
+        if fault == "slow":
+            return ProbeResult(Outcome.SLOW, 0.002, None, "/readyz unanswered after 0.80s; PINGs answered")
         if rs not in self._closed:
             self._closed[rs] = loop.create_future()
         return ProbeResult(Outcome.OK, 0.002, 200)

@@ -59,7 +59,9 @@ def test_flags_and_defaults() -> None:
     assert [str(r.endpoint) for r in vs.real_servers] == [
         "10.0.0.1:6443", "10.0.0.2:6443", "10.0.0.3:6443"]
     assert vs.scheduler == "rr" and vs.mode == "route"
-    assert vs.health.path == "/healthz" and vs.health.scheme == "https"
+    assert vs.health.path is None and vs.health.scheme == "https"
+    assert vs.health.path_for(h2=True) == "/readyz" and vs.health.path_for(h2=False) == "/healthz"
+    assert vs.health.protocol == "auto" and vs.health.readiness_interval == 5.0
     assert vs.health.insecure_skip_verify is True
     assert c.iface == "lvscare" and not c.run_once and not c.clean
 

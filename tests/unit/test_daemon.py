@@ -210,6 +210,30 @@ def test_a_blackholed_real_server_is_deleted_within_interval_plus_two_timeouts()
     play(drive)
 
 
+def test_a_slow_real_server_is_kept_logged_once_and_shown() -> None:
+    async def drive(r: Run) -> None:
+        await r.until(lambda: r.fake.ipvs.weights() == ALL, 2)
+        r.fake.prober.set_fault(ep(RS1), "slow")
+        await r.until(lambda: r.events("real server slow: kept, it answers PINGs"), 2)
+        await r.hold(lambda: r.fake.ipvs.weights() == ALL, 5)  # five probes or more: kept
+        (slow,) = r.events("real server slow: kept, it answers PINGs")
+        assert slow["rs"] == RS1 and slow["state"] == "healthy" and "PINGs answered" in slow["reason"]
+        assert "lvscare_real_server_slow{" + f'vs="{VIP}:6443",rs="{RS1}"}} 1.0' in \
+            r.daemon.metrics.render(r.daemon.snapshot).decode()
+        assert not r.events("real server failing") and not r.events("real server down")
+        r.fake.prober.set_fault(ep(RS1), "ok")
+        await r.until(lambda: r.events("real server answers readiness in time again"), 2)
+        await r.until(lambda: "lvscare_real_server_slow{" + f'vs="{VIP}:6443",rs="{RS1}"}} 0.0'
+                      in r.daemon.metrics.render(r.daemon.snapshot).decode(), 2)
+        # Slow, then dead: the failure counts as any other.
+        r.fake.prober.set_fault(ep(RS1), "slow")
+        await r.until(lambda: len(r.events("real server slow: kept, it answers PINGs")) == 2, 2)
+        r.fake.prober.set_fault(ep(RS1), "timeout")
+        await r.until(lambda: RS1 not in r.fake.ipvs.weights(), 5)
+
+    play(drive)
+
+
 def test_an_unhealthy_answer_drains_then_deletes() -> None:
     async def drive(r: Run) -> None:
         await r.until(lambda: r.fake.ipvs.weights() == ALL, 2)

@@ -71,8 +71,9 @@ CARE: list[Flag] = [
          ((("--ip", "10.0.0.9"), ipaddress.ip_address("10.0.0.9")),)),
     Flag("--masqueradebit", "int", None, lambda c: None,  # accepted, nothing to mark here
          ((("--masqueradebit", "3"), None),)),
-    Flag("--health-path", "string", "/healthz", lambda c: vs(c).health.path,
-         ((("--health-path", "/livez"), "/livez"),)),
+    Flag("--health-path", "string", "/healthz", lambda c: vs(c).health.path_for(h2=True),
+         ((("--health-path", "/livez"), "/livez"), (("--health-path", "/healthz"), "/healthz")),
+         default="/readyz", documented="default path `/readyz` on HTTP/2, `/healthz` on HTTP/1.1"),
     Flag("--health-schem", "string", "https", lambda c: vs(c).health.scheme,
          ((("--health-schem", "http"), "http"),)),
     Flag("--health-req-method", "string", "GET", lambda c: vs(c).health.method,

@@ -110,7 +110,8 @@ def test_fail_open_without_history_keeps_everyone() -> None:
     assert set(d.weights.values()) == {1}
 
 
-results = st.lists(st.sampled_from([OK, REFUSED, TIMEOUT, TLS, HTTP500]), max_size=40)
+SLOW = ProbeResult(Outcome.SLOW, detail="/readyz unanswered after 0.80s; PINGs answered")
+results = st.lists(st.sampled_from([OK, REFUSED, TIMEOUT, TLS, HTTP500, SLOW]), max_size=40)
 
 
 @given(results, st.integers(1, 4), st.integers(1, 4))
@@ -119,8 +120,13 @@ def test_state_machine_invariants(seq: list[ProbeResult], rise: int, fall: int) 
     run_ok = run_fail = 0
     for i, r in enumerate(seq):
         new = step(h, r, float(i + 1), rise, fall)
-        run_ok = run_ok + 1 if r.ok else 0
-        run_fail = 0 if r.ok else run_fail + 1
+        if r is SLOW:  # alive: ends a run of failures; not ready in time: no success either
+            run_fail = 0
+            assert new.serving == h.serving and new.slow
+        else:
+            run_ok = run_ok + 1 if r.ok else 0
+            run_fail = 0 if r.ok else run_fail + 1
+            assert not new.slow
         # Never leaves service without `fall` failures in a row (or a conclusive one) ...
         if h.serving and not new.serving:
             assert run_fail >= fall or r.outcome.conclusive
@@ -164,6 +170,17 @@ H, F, D, R = State.HEALTHY, State.FAILING, State.DOWN, State.RECOVERING
     (Health(H, 4, 0, 1.0), TIMEOUTR, 2, 3, Health(F, 0, 1, 5.0, last=TIMEOUTR)),
     # failing reaches fall with a timeout: down, dead (deleted at once, no drain)
     (Health(F, 0, 1, 3.0), TIMEOUTR, 2, 2, Health(D, 0, 2, 5.0, dead=True, last=TIMEOUTR)),
+    # slow: a healthy one stays healthy, since unchanged, marked slow
+    (Health(H, 4, 0, 1.0), SLOW, 2, 2, Health(H, 4, 0, 1.0, slow=True, last=SLOW)),
+    # slow after a timeout: alive after all, healthy again since now
+    (Health(F, 0, 1, 3.0), SLOW, 2, 2, Health(H, 0, 0, 5.0, slow=True, last=SLOW)),
+    # slow while down: stays down (a drain continues), not a success toward rise
+    (Health(D, 0, 2, 2.0, drain_since=2.0), SLOW, 2, 2,
+     Health(D, 0, 2, 2.0, drain_since=2.0, slow=True, last=SLOW)),
+    (Health(R, 1, 0, 4.0, dead=True), SLOW, 2, 2, Health(R, 1, 0, 4.0, dead=True, slow=True, last=SLOW)),
+    # an answer in time ends slowness; a failure too (it then counts as the failure it is)
+    (Health(H, 4, 0, 1.0, slow=True), OKR, 2, 2, Health(H, 5, 0, 1.0, last=OKR)),
+    (Health(H, 4, 0, 1.0, slow=True), TIMEOUTR, 2, 3, Health(F, 0, 1, 5.0, last=TIMEOUTR)),
 ])
 def test_every_transition_field_by_field(before: Health, result: ProbeResult, rise: int, fall: int,
                                          after: Health) -> None:
@@ -189,3 +206,12 @@ def test_initial_health_by_what_the_kernel_holds() -> None:
 ])
 def test_kernel_weight(h: Health, now: float, weight: int | None) -> None:
     assert kernel_weight(h, 3, now, 10.0) == weight
+
+
+def test_all_slow_keeps_all_serving() -> None:
+    """A brown-out of every apiserver: nobody is taken out, so no fail-open dance either."""
+    vs = VirtualServer(Endpoint(ipaddress.ip_address("10.103.97.2"), 6443), tuple(
+        RealServer(Endpoint(ipaddress.ip_address(f"10.0.0.{i}"), 6443)) for i in (1, 2, 3)))
+    health = {(vs.endpoint, rs.endpoint): run(initial(0.0), [SLOW] * 5) for rs in vs.real_servers}
+    d = decide([vs], health, {}, 10.0, 30.0)
+    assert set(d.weights.values()) == {1} and not d.all_down

@@ -105,7 +105,9 @@ def sane(cfg: Config) -> None:
             assert "%" not in str(ep.ip)
         hc = vs.health
         assert math.isfinite(hc.timeout) and 0.01 <= hc.timeout <= 60
-        assert hc.path.startswith("/") and hc.path.isprintable() and " " not in hc.path
+        for path in (hc.path_for(h2=True), hc.path_for(h2=False)):
+            assert path.startswith("/") and path.isprintable() and " " not in path
+        assert hc.protocol in ("auto", "http1") and 0.1 <= hc.readiness_interval <= 3600
         assert re.fullmatch(r"[!#$%&'*+.^_`|~0-9A-Z-]{1,64}", hc.method), hc.method
         for k, v in hc.headers:
             assert k.isprintable() and v.isprintable() and "\n" not in k + v
@@ -182,6 +184,7 @@ HOLES = {  # where one setting sits in an otherwise valid file, and whether a bo
     "headers": (("health",), False), "body": (("health",), False), "status": (("health",), False),
     "timeout": (("health",), False), "ca": (("health",), False), "rise": (("health",), False),
     "fall": (("health",), False), "insecureSkipVerify": (("health",), True),
+    "protocol": (("health",), False), "readinessInterval": (("health",), False),
     "weight": (("rs",), False), "address": (("rs",), False),
 }
 

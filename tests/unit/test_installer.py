@@ -116,7 +116,7 @@ def test_kubeadm_api_version() -> None:
 def test_plan_addresses() -> None:
     plan = Plan(masters=("fd00::2",), nodes=("n1",), user="root", vip="fd00::97:2", port=6443)
     assert plan.vs == "[fd00::97:2]:6443" and plan.real_servers == ["[fd00::2]:6443"]
-    assert plan.care_args() == ["care", "--vs", "[fd00::97:2]:6443", "--health-path", "/healthz",
+    assert plan.care_args() == ["care", "--vs", "[fd00::97:2]:6443", "--health-path", "/readyz",
                                 "--health-schem", "https", "--rs", "[fd00::2]:6443"]
 
 
@@ -412,7 +412,7 @@ def test_dry_run_plan_says_what_each_step_will_do() -> None:
         "preflight: ssh ops@n1, root or sudo, python3 >= 3.11, ip_vs loadable, kubeadm on PATH",
         "package: none given",
         "lvscare: install the self-contained lvscare zipapp at /usr/local/bin/lvscare",
-        "rules: /usr/local/bin/lvscare care --vs 10.103.97.2:6443 --health-path /healthz "
+        "rules: /usr/local/bin/lvscare care --vs 10.103.97.2:6443 --health-path /readyz "
         "--health-schem https --rs 10.0.0.2:6443 --rs 10.0.0.3:6443 --run-once",
         "hosts: '10.103.97.2 apiserver.cluster.local' in lvscare's block of /etc/hosts",
         "manifest: write /etc/kubernetes/manifests/<name>.yaml (lvscare static-pod)",

@@ -142,6 +142,8 @@ def test_forget_drops_every_series_of_the_real_server() -> None:
 HELP = {  # what Prometheus and Grafana show for each family
     "lvscare_real_server_up": ("gauge", "1 if the real server takes new connections by its health."),
     "lvscare_real_server_state": ("gauge", "1 for the real server's current health state."),
+    "lvscare_real_server_slow": ("gauge", "1 while the real server answers PINGs but not readiness "
+                                 "in time (HTTP/2 probes): kept."),
     "lvscare_real_server_kernel_weight": ("gauge", "Weight in the kernel; -1 when not in the kernel."),
     "lvscare_real_server_configured_weight": ("gauge", "Configured weight."),
     "lvscare_real_server_active_connections": ("gauge", "Active connections (IPVS)."),

@@ -40,7 +40,7 @@ def test_daemon_runs_with_net_admin_only_and_the_init_container_is_the_run_once(
     assert init["args"] == [*main_c["args"], "--run-once"]
     assert {"name": "lib-modules", "mountPath": "/lib/modules", "readOnly": True} in main_c["volumeMounts"]
     # Go lvscare's argument order, so diffs against an old manifest read naturally.
-    assert main_c["args"] == ["care", "--vs", "10.103.97.2:6443", "--health-path", "/healthz",
+    assert main_c["args"] == ["care", "--vs", "10.103.97.2:6443", "--health-path", "/readyz",
                               "--health-schem", "https", "--rs", "192.168.0.2:6443",
                               "--rs", "192.168.0.3:6443", "--rs", "192.168.0.4:6443"]
 

@@ -88,3 +88,15 @@ def test_escape_sequences_in_the_answer_are_not_printed_raw(server) -> None:  # 
     hostile["virtualServers"][0]["realServers"][0]["lastProbe"]["error"] = "\x1b]0;pwned\x07\x1b[2J"
     p = status(server(lambda c: c.sendall(_http(json.dumps(hostile).encode()))))
     assert p.returncode == 0 and "\x1b" not in p.stdout and "\\x1b" in p.stdout
+
+
+def test_a_slow_real_server_shows_as_such(server) -> None:  # type: ignore[no-untyped-def]
+    slow = json.loads(json.dumps(STATUS))
+    rs = slow["virtualServers"][0]["realServers"][0]
+    rs["slow"] = True
+    rs["lastProbe"] = {"outcome": "slow", "latency": 0.003, "status": None,
+                       "error": "/readyz unanswered after 0.80s; PINGs answered"}
+    p = status(server(lambda c: c.sendall(_http(json.dumps(slow).encode()))))
+    row = next(line for line in p.stdout.splitlines() if "10.0.0.1:6443" in line)
+    assert row.split()[1:3] == ["healthy", "(slow)"]
+    assert row.endswith("slow: /readyz unanswered after 0.80s; PINGs answered")

@@ -1,0 +1,208 @@
+"""One HTTP/2 client connection over asyncio, for probes: PING and small requests, nothing else.
+
+python-hyper's ``h2`` keeps the protocol's state (frames, HPACK, flow control, stream ids); this
+module only moves its bytes and turns its events into futures. A probe needs two things of it:
+
+* ``ping()``: answered by the server's connection loop before any handler (Go's HTTP/2 server,
+  hypercorn, nginx), so an answer proves the process and the path are alive and costs the server
+  no authentication, no Priority and Fairness, no audit.
+* ``request()``: one request on a new stream of the same connection, for readiness.
+
+``closed`` completes when the server ends the connection (EOF, reset, GOAWAY): the daemon then
+probes at once instead of at the next interval, as with HTTP/1.1.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import ssl
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import h2.config
+import h2.connection
+import h2.errors
+import h2.events
+import h2.exceptions
+
+READ_SIZE = 65536
+
+
+class NotH2(Exception):
+    """The server did not choose ``h2`` by ALPN (an HTTP/1.1-only server or proxy)."""
+
+
+class ConnectionGone(ConnectionError):
+    """The connection ended before the answer: EOF, a reset, GOAWAY or a protocol error."""
+
+
+@dataclass(frozen=True)
+class Answer:
+    status: int
+    at: float  # monotonic time the response ended
+
+
+@dataclass
+class _Stream:
+    answer: asyncio.Future[Answer]
+    status: int | None = None
+    body: list[bytes] = field(default_factory=list)
+
+
+class H2Connection:
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, authority: str) -> None:
+        self._reader = reader
+        self._writer = writer
+        self._authority = authority
+        self._h2 = h2.connection.H2Connection(
+            h2.config.H2Configuration(client_side=True, header_encoding=None))
+        self._h2.initiate_connection()
+        self._pings: dict[bytes, asyncio.Future[None]] = {}
+        self._streams: dict[int, _Stream] = {}
+        self._ping_ids = itertools.count(1)
+        loop = asyncio.get_running_loop()
+        self.closed: asyncio.Future[None] = loop.create_future()
+        self._flush()
+        self._task = loop.create_task(self._read())
+
+    @classmethod
+    async def open(cls, host: str, port: int, ctx: ssl.SSLContext, authority: str) -> H2Connection:
+        """Connect and check ALPN; the caller bounds the time. Raises OSError, ssl.SSLError or
+        NotH2."""
+        # Python sends no SNI for an address; the certificate is checked against it when the
+        # context checks host names.
+        reader, writer = await asyncio.open_connection(host, port, ssl=ctx, server_hostname=host)
+        tls = writer.get_extra_info("ssl_object")
+        chosen = tls.selected_alpn_protocol() if tls is not None else None
+        if chosen != "h2":
+            writer.close()
+            raise NotH2(chosen or "no ALPN")
+        return cls(reader, writer, authority)
+
+    @property
+    def is_closed(self) -> bool:
+        return self.closed.done()
+
+    def ping(self) -> asyncio.Future[None]:
+        """Send a PING; the future completes with its ACK."""
+        opaque = next(self._ping_ids).to_bytes(8, "big")
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        if self.is_closed:
+            fut.set_exception(ConnectionGone("connection closed"))
+            return fut
+        self._pings[opaque] = fut
+        self._h2.ping(opaque)
+        self._flush()
+        return fut
+
+    def request(self, method: str, path: str, headers: tuple[tuple[str, str], ...] = (),
+                body: bytes = b"") -> tuple[int, asyncio.Future[Answer]]:
+        """Start a request; returns its stream id and a future of the answer."""
+        fut: asyncio.Future[Answer] = asyncio.get_running_loop().create_future()
+        if self.is_closed:
+            fut.set_exception(ConnectionGone("connection closed"))
+            return 0, fut
+        sid = self._h2.get_next_available_stream_id()
+        hdrs = [(":method", method), (":scheme", "https"), (":authority", self._authority),
+                (":path", path), ("user-agent", "lvscare"),
+                *((k.lower(), v) for k, v in headers if k.lower() not in ("host", "connection"))]
+        self._streams[sid] = _Stream(fut)
+        try:
+            self._h2.send_headers(sid, hdrs, end_stream=not body)
+            if body:
+                self._h2.send_data(sid, body, end_stream=True)
+        except h2.exceptions.H2Error as exc:
+            self._streams.pop(sid, None)
+            fut.set_exception(ConnectionGone(f"HTTP/2: {exc}"))
+            return sid, fut
+        self._flush()
+        return sid, fut
+
+    def cancel(self, sid: int) -> None:
+        """Give up on a request (RST_STREAM CANCEL); the connection stays."""
+        stream = self._streams.pop(sid, None)
+        if stream is None or self.is_closed:
+            return
+        if not stream.answer.done():
+            stream.answer.cancel()
+        try:
+            self._h2.reset_stream(sid, h2.errors.ErrorCodes.CANCEL)
+        except h2.exceptions.H2Error:
+            return  # the stream had already ended
+        self._flush()
+
+    def close(self) -> None:
+        if not self.is_closed:
+            self._end(ConnectionGone("closed by lvscare"))
+        self._task.cancel()
+        self._writer.close()
+
+    # -- the connection's loop ------------------------------------------------------------------
+
+    def _flush(self) -> None:
+        data = self._h2.data_to_send()
+        if data and not self._writer.is_closing():
+            self._writer.write(data)
+
+    async def _read(self) -> None:
+        try:
+            while True:
+                data = await self._reader.read(READ_SIZE)
+                if not data:
+                    raise ConnectionGone("closed by the server")
+                for event in self._h2.receive_data(data):
+                    self._dispatch(event)
+                self._flush()
+        except asyncio.CancelledError:
+            raise
+        except (OSError, ssl.SSLError, h2.exceptions.H2Error) as exc:
+            gone = exc if isinstance(exc, ConnectionGone) else ConnectionGone(
+                f"{type(exc).__name__}: {exc}")
+            self._end(gone)
+        finally:
+            self._writer.close()
+
+    def _dispatch(self, event: h2.events.Event) -> None:
+        if isinstance(event, h2.events.PingAckReceived):
+            fut = self._pings.pop(bytes(event.ping_data or b""), None)
+            if fut is not None and not fut.done():
+                fut.set_result(None)
+        elif isinstance(event, h2.events.ResponseReceived):
+            stream = self._streams.get(event.stream_id or 0)
+            if stream is not None:
+                for name, value in event.headers or ():
+                    if name == b":status":
+                        stream.status = int(value)
+        elif isinstance(event, h2.events.DataReceived):
+            # Give the window back, or a server would stop sending after 64 KiB of bodies.
+            if event.flow_controlled_length and event.stream_id:
+                self._h2.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
+        elif isinstance(event, h2.events.StreamEnded):
+            stream = self._streams.pop(event.stream_id or 0, None)
+            if stream is not None and not stream.answer.done():
+                if stream.status is None:
+                    stream.answer.set_exception(ConnectionGone("stream ended without a status"))
+                else:
+                    stream.answer.set_result(Answer(stream.status, time.monotonic()))
+        elif isinstance(event, h2.events.StreamReset):
+            stream = self._streams.pop(event.stream_id or 0, None)
+            if stream is not None and not stream.answer.done():
+                stream.answer.set_exception(ConnectionGone(f"stream reset ({event.error_code!s})"))
+        elif isinstance(event, h2.events.ConnectionTerminated):
+            # GOAWAY: a server shutting down (or restarting) takes no new streams on this
+            # connection; the next probe opens a new one, which tells whether it still listens.
+            raise ConnectionGone(f"GOAWAY ({event.error_code!s})")
+
+    def _end(self, exc: ConnectionGone) -> None:
+        if not self.closed.done():
+            self.closed.set_result(None)
+        futures: list[asyncio.Future[Any]] = [*self._pings.values()]
+        futures += [s.answer for s in self._streams.values()]
+        for fut in futures:
+            if not fut.done():
+                fut.set_exception(exc)
+                fut.exception()  # retrieved: nobody may be waiting any more
+        self._pings.clear()
+        self._streams.clear()
