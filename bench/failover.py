@@ -10,6 +10,10 @@ namespaces it creates; backends have no route back to the VIP. Default settings 
                    connect_timeout 3, retry 3, delay_before_retry 3) on the same faults
   footprint        the daemon's RSS and CPU seconds per minute, 3 healthy backends
 
+Backends are hypercorn speaking h2 as kube-apiserver does (so lvscare probes with HTTP/2 PINGs and
+/readyz, its default on such a server); BENCH_SERVER=stdlib gives the HTTP/1.1-only backends of the
+earlier figures.
+
 Usage: .venv/bin/python bench/failover.py [--trials 20] [--skip keepalived,...]
 Every trial counts: one that does not finish within its bound (detection 60 s, client recovery
 40 s) or cannot start is a failure, printed with its reason, counted in n, and taken as the bound
@@ -310,7 +314,7 @@ def footprint(lab: topology.Lab, seconds: float) -> tuple[float, float]:
 def node_with(start: str) -> Iterator[tuple[topology.Lab, Table]]:
     """A fresh lab; this process in its node namespace; ``start`` ("keepalived", "lvscare
     <mode>" or "") running there until the block ends."""
-    lab = topology.build(backends=3)
+    lab = topology.build(backends=3, server=os.environ.get("BENCH_SERVER", "h2"))
     proc = None
     try:
         enter_netns(lab.node)
@@ -330,7 +334,8 @@ def node_with(start: str) -> Iterator[tuple[topology.Lab, Table]]:
 
 def inside(trials: int, skip: set[str], footprint_seconds: float) -> int:
     results: dict[str, Trials] = {}
-    print(f"failover benchmark, {trials} trials each, kernel {os.uname().release}", flush=True)
+    print(f"failover benchmark, {trials} trials each, kernel {os.uname().release}, backends "
+          f"{os.environ.get('BENCH_SERVER', 'h2')}", flush=True)
     for who in ("lvscare", "keepalived"):
         if who in skip or (who == "keepalived" and not shutil.which("keepalived")):
             print(f"  {who}: skipped" + ("" if who in skip else " (apt-get install keepalived)"))
