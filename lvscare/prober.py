@@ -26,14 +26,17 @@ import asyncio
 import ssl
 import time
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-import aiohttp
 import structlog
 
 from lvscare.config import Endpoint, HealthCheck
 from lvscare.h2conn import Answer, H2Connection, NotH2
 from lvscare.health import Outcome, ProbeResult
 from lvscare.tls import build_ssl_context
+
+if TYPE_CHECKING:
+    import aiohttp
 
 log = structlog.get_logger("lvscare")
 
@@ -104,12 +107,22 @@ class Prober:
             h2ctx.set_alpn_protocols(["h2", "http/1.1"])
 
     async def start(self) -> None:
+        """Nothing to open: connections are made by the first probe of each kind."""
+
+    def _http_session(self) -> aiohttp.ClientSession:
+        # aiohttp is imported at the first HTTP/1.1 probe: against apiservers, which all speak
+        # HTTP/2, the daemon never pays its ~11 MB of memory (docs/benchmarks.md, footprint).
+        import aiohttp
+
+        if self._session is not None:
+            return self._session
         connector = aiohttp.TCPConnector(limit=0, limit_per_host=1, keepalive_timeout=30,
                                          enable_cleanup_closed=True, use_dns_cache=False)
         self._session = aiohttp.ClientSession(
             connector=connector, timeout=aiohttp.ClientTimeout(total=30),
             auto_decompress=False, skip_auto_headers=("User-Agent",),
             headers={"User-Agent": "lvscare"})
+        return self._session
 
     async def close(self) -> None:
         for state in self._h2.values():
@@ -146,7 +159,9 @@ class Prober:
         return ProbeResult(Outcome.OK)
 
     async def _probe_http(self, rs: Endpoint, hc: HealthCheck) -> ProbeResult:
-        assert self._session is not None, "Prober.start() first"
+        import aiohttp
+
+        session = self._http_session()
         host = f"[{rs.ip}]" if rs.ip.version == 6 else str(rs.ip)
         url = f"{hc.scheme}://{host}:{rs.port}{hc.path_for(h2=False)}"
         ssl_arg: ssl.SSLContext | bool = False
@@ -155,7 +170,7 @@ class Prober:
         headers = dict(hc.headers)
         try:
             async with asyncio.timeout(hc.timeout):
-                async with self._session.request(
+                async with session.request(
                     hc.method, url, data=hc.body or None, headers=headers, ssl=ssl_arg,
                     allow_redirects=False,
                 ) as response:

@@ -202,3 +202,21 @@ async def test_slow_http1_is_a_timeout(prober: Prober, server: Server) -> None:
     server.set("slow:1.0")
     result = await prober.probe(server.rs, replace(HC, protocol="http1"))
     assert result.outcome is Outcome.TIMEOUT
+
+
+def test_the_http2_probe_never_imports_aiohttp(server: Server) -> None:
+    """aiohttp is ~11 MB of the daemon's memory; against apiservers (HTTP/2) it is never needed."""
+    code = f"""
+import asyncio, ipaddress, sys
+from lvscare.config import Endpoint, HealthCheck
+from lvscare.prober import Prober
+async def main():
+    p = Prober()
+    await p.start()
+    rs = Endpoint(ipaddress.ip_address("127.0.0.1"), {server.port})
+    print((await p.probe(rs, HealthCheck())).outcome.value, "aiohttp" in sys.modules)
+    await p.close()
+asyncio.run(main())
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
+    assert out.stdout.split() == ["ok", "False"], out.stderr
