@@ -24,6 +24,10 @@ HELP = {
     "all-down": "when every real server fails: keep the last healthy ones (default) or empty",
     "drain-period": "weight 0 for this long before deleting a real server that answers badly",
     "metrics-address": "address:port for /metrics, /healthz and /status; 'off' disables",
+    "discover-from": "kubeconfig (e.g. /etc/kubernetes/kubelet.conf): follow the kubernetes "
+                     "Endpoints for the real servers (default off)",
+    "discover-interval": "time between reads of the Endpoints, jittered +-20%% (default 30s)",
+    "state-dir": "where the last discovered members are kept (default /var/lib/lvscare)",
     "scheduler": "IPVS scheduler: rr (default), wrr, lc, wlc, sh, dh, ...",
     "mode": "how node-local clients reach the VIP: route (default), link, none",
     "health-type": "http (default) or tcp (connect only)",

@@ -35,6 +35,7 @@ DEFAULT_IFACE = "lvscare"  # the dummy interface of link mode
 # The node label of nodes that run lvscare as a static pod: the Helm chart's DaemonSet skips them.
 STATIC_POD_LABEL = "lvscare.io/static-pod"
 DEFAULT_METRICS_ADDRESS = f"127.0.0.1:{METRICS_PORT}"
+DEFAULT_STATE_DIR = "/var/lib/lvscare"
 
 
 @dataclass(frozen=True)
@@ -119,6 +120,10 @@ class Config:
     log_format: Literal["auto", "json", "console"] = "auto"
     metrics_address: str = DEFAULT_METRICS_ADDRESS
     config_file: str | None = None
+    # Control-plane discovery (discovery.py): off without a kubeconfig.
+    discover_from: str | None = None
+    discover_interval: float = 30.0
+    state_dir: str = DEFAULT_STATE_DIR
 
 
 # ---------------------------------------------------------------------------------------------
@@ -418,6 +423,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("drain-period", "drain_period", "config", _duration(0, 86400), "drainPeriod"),
     Setting("metrics-address", "metrics_address", "config", lambda v, n: _listen(v, n),
             "metricsAddress"),
+    Setting("discover-from", "discover_from", "config", _file, "discoverFrom"),
+    Setting("discover-interval", "discover_interval", "config", _duration(1, 3600), "discoverInterval"),
+    Setting("state-dir", "state_dir", "config", _file, "stateDir"),
     Setting("scheduler", "scheduler", "vs", lambda v, n: parse_choice(v, n, SCHEDULERS), "scheduler"),
     Setting("mode", "mode", "vs", parse_mode, "mode"),
     Setting("health-type", "type", "health", lambda v, n: parse_choice(v, n, HEALTH_TYPES), "type"),

@@ -129,6 +129,10 @@ class Core:
         self.repairs = 0
         self.last_reconcile: float | None = None
         self.last_error: str | None = None
+        # Where each real server's address came from: seed (--rs, the file), state (the
+        # discovery state file) or discovered; absent means seed.
+        self.sources: dict[Endpoint, str] = {}
+        self.discovery_last_success: float | None = None
 
     @property
     def service_keys(self) -> list[ServiceKey]:
@@ -260,7 +264,7 @@ class Core:
                     read = seen.dests.get(rs.endpoint) if seen is not None else None
                     dest = replace(dest, active_conns=read.active_conns if read else 0,
                                    inactive_conns=read.inactive_conns if read else 0)
-                rss.append(RealServerView(rs, h, dest))
+                rss.append(RealServerView(rs, h, dest, self.sources.get(rs.endpoint, "seed")))
             views.append(VirtualServerView(vs, vs.endpoint in all_down, tuple(rss)))
         return Snapshot(self.cfg, tuple(views), self.last_reconcile, self.last_error, self.repairs,
-                        dict(sysctls))
+                        dict(sysctls), self.discovery_last_success)

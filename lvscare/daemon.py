@@ -34,12 +34,14 @@ from lvscare.core import Core, Event
 from lvscare.effects import VipAccess, World
 from lvscare.errors import KernelError, RuntimeFailure, UserError
 from lvscare.health import ProbeResult, State
+from lvscare.members import apply_members, seed_weights
 from lvscare.metrics import Metrics
 from lvscare.plan import DelDest, Op, op_key, service_key
 from lvscare.snapshot import Snapshot
 
 if TYPE_CHECKING:
     from lvscare.clientreset import Found
+    from lvscare.discovery import Discovery
     from lvscare.web import WebServer
 
 log = structlog.get_logger("lvscare")
@@ -70,7 +72,7 @@ def _modes(cfg: Config) -> set[str]:
 class Daemon:
     def __init__(self, cfg: Config, reload: Callable[[], Config] | None = None, *,
                  world: World | None = None, wall: Callable[[], float] = time.time,
-                 rng: random.Random | None = None) -> None:
+                 rng: random.Random | None = None, discovery: Discovery | None = None) -> None:
         self.core = Core(cfg)
         self.world = world or World.real()
         self.access: VipAccess = self.world.access(cfg)
@@ -90,6 +92,9 @@ class Daemon:
         self._sysctls_failing = False
         self._warned: set[str] = set()
         self._web: WebServer | None = None
+        self._discovery = discovery
+        self._seeds = seed_weights(cfg)  # the configured real servers' weights
+        self._members: tuple[Endpoint, ...] | None = None  # the last discovered or saved list
 
     @property
     def cfg(self) -> Config:
@@ -130,11 +135,24 @@ class Daemon:
                 await world.prober.start()
                 if self.cfg.metrics_address:
                     await self._serve(self.cfg.metrics_address)
+                if self._discovery is not None:
+                    self.metrics.discovery_failures = self._discovery.failures
+                    saved = self._discovery.load_state()
+                    if saved is not None:
+                        self._members = saved
+                        self.core.cfg = apply_members(self.cfg, saved, self._seeds)
+                        self._note_sources(saved, "state")
                 self._log(self.core.adopt(await world.ipvs.read(self.core.service_keys), self._now()))
                 self._start_probes()
+                tasks = [loop.create_task(self._discovery_loop())] if self._discovery else []
                 log.info("started", virtual_servers=[str(v.endpoint) for v in self.cfg.virtual_servers],
                          interval=self.cfg.interval, pid=os.getpid())
-                await self._reconcile_loop()
+                try:
+                    await self._reconcile_loop()
+                finally:
+                    for task in tasks:
+                        task.cancel()
+                    await asyncio.gather(*tasks, return_exceptions=True)
                 await self._stop_serving()
                 if self.cfg.clean_on_exit:
                     await remove_all(self.cfg, world.ipvs, self.access)
@@ -204,6 +222,9 @@ class Daemon:
             new = self._read_config()
             for vs in new.virtual_servers:
                 self.world.prober.prepare(vs.health)  # certificates, checked as at start
+            seeds = seed_weights(new)
+            if self._members is not None:  # discovered members stay the truth over the seeds
+                new = apply_members(new, self._members, seeds)
         except UserError as exc:
             log.error("reload failed, keeping the running configuration", error=str(exc))
             return
@@ -215,6 +236,7 @@ class Daemon:
                       "manages one of its virtual servers on this node")
             return
         old, old_access = self.cfg, self.access
+        self._seeds = seeds
         diff = self.core.reload(new, self._now())
         await self._stop_probes()
         for key in diff.removed:
@@ -246,14 +268,57 @@ class Daemon:
         self._start_probes()
         self._log([diff.event()])
 
+    # -- discovery -------------------------------------------------------------------------------
+
+    def _note_sources(self, members: Iterable[Endpoint], source: str) -> None:
+        members = set(members)
+        self.core.sources = {rs.endpoint: source if rs.endpoint in members else "seed"
+                             for vs in self.cfg.virtual_servers for rs in vs.real_servers}
+
+    async def _discovery_loop(self) -> None:
+        assert self._discovery is not None
+        discovery = self._discovery
+        while not self._stop.is_set():
+            known = list(dict.fromkeys(rs.endpoint for vs in self.cfg.virtual_servers
+                                       for rs in vs.real_servers))
+            result = await discovery.poll(known)
+            if result.members is not None:
+                self._apply_members(result.members, result.via)
+                discovery.save_state(result.members)
+                self.core.discovery_last_success = discovery.last_success
+                self._wake.set()  # publish the new snapshot
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), discovery.next_wait())
+
+    def _apply_members(self, members: tuple[Endpoint, ...], via: str) -> None:
+        """Make the discovered members the real servers: new ones are probed and carry traffic
+        after ``rise`` good probes, departed ones go (a seed too)."""
+        self._members = members
+        new = apply_members(self.cfg, members, self._seeds)
+        if new != self.cfg:
+            diff = self.core.reload(new, self._now())
+            for key in diff.removed:
+                task = self._probes.pop(key, None)
+                if task is not None:
+                    task.cancel()
+                self.metrics.forget(key)
+            for key in sorted(diff.added, key=lambda k: (k[0], k[1])):
+                self._start_probe(key)
+            log.info("control-plane members changed", added=sorted(str(k[1]) for k in diff.added),
+                     removed=sorted(str(k[1]) for k in diff.removed),
+                     members=[str(m) for m in members], via=via)
+        self._note_sources(members, "discovered")
+
     # -- probing ---------------------------------------------------------------------------------
 
     def _start_probes(self) -> None:
-        loop = asyncio.get_running_loop()
         for vs in self.cfg.virtual_servers:
             for rs in vs.real_servers:
-                key = (vs.endpoint, rs.endpoint)
-                self._probes[key] = loop.create_task(self._probe_loop(key))
+                self._start_probe((vs.endpoint, rs.endpoint))
+
+    def _start_probe(self, key: RsKey) -> None:
+        if key not in self._probes:
+            self._probes[key] = asyncio.get_running_loop().create_task(self._probe_loop(key))
 
     async def _stop_probes(self) -> None:
         tasks = list(self._probes.values())
@@ -430,4 +495,10 @@ class Daemon:
 
 def run(cfg: Config, reload: Callable[[], Config] | None = None) -> int:
     """Run the daemon until SIGTERM/SIGINT; the exit code. ``reload`` re-reads the config."""
-    return asyncio.run(Daemon(cfg, reload if cfg.config_file else None).run())
+    discovery = None
+    if cfg.discover_from:
+        from lvscare import kubeconfig
+        from lvscare.discovery import Discovery
+
+        discovery = Discovery(kubeconfig.load(cfg.discover_from), cfg)  # bad input: exit 2 here
+    return asyncio.run(Daemon(cfg, reload if cfg.config_file else None, discovery=discovery).run())

@@ -88,6 +88,7 @@ class Metrics:
         self.nudges: dict[str, int] = {}
         self.reconcile_duration = Histogram(RECONCILE_BUCKETS)
         self.reconcile_errors: dict[str, int] = {}
+        self.discovery_failures: dict[str, int] = {}  # the Discovery's own counts
         self._labels: dict[RsKey, tuple[str, str, list[str]]] = {}
         self._vs_labels: dict[Endpoint, str] = {}
 
@@ -161,6 +162,7 @@ class Metrics:
         gauges: dict[str, list[str]] = {n: [] for n in _GAUGES}
         up, state_lines = gauges["lvscare_real_server_up"], gauges["lvscare_real_server_state"]
         slow = gauges["lvscare_real_server_slow"]
+        source = gauges["lvscare_real_server_source"]
         kweight = gauges["lvscare_real_server_kernel_weight"]
         cweight = gauges["lvscare_real_server_configured_weight"]
         active = gauges["lvscare_real_server_active_connections"]
@@ -169,10 +171,11 @@ class Metrics:
             vs = view.virtual_server.endpoint
             vl = self._vs_label(vs)
             for rv in view.real_servers:
-                _, lab, prefixes = self._rs_labels((vs, rv.real_server.endpoint))
+                plain, lab, prefixes = self._rs_labels((vs, rv.real_server.endpoint))
                 h = rv.health
                 up.append(f"{lab} {float(h.serving)}")
                 slow.append(f"{lab} {float(h.slow)}")
+                source.append(f'{{{plain},source="{rv.source}"}} 1.0')
                 state = h.state
                 state_lines.extend([p + ("1.0" if s is state else "0.0")
                                     for s, p in zip(_STATES, prefixes, strict=True)])
@@ -189,6 +192,9 @@ class Metrics:
             gauges["lvscare_virtual_server_healthy_real_servers"].append(
                 f"{vl} {float(view.serving)}")
             gauges["lvscare_virtual_server_all_down"].append(f"{vl} {float(view.all_down)}")
+        if snap.discovery_last_success is not None:
+            gauges["lvscare_discovery_last_success_timestamp_seconds"].append(
+                f" {_num(snap.discovery_last_success)}")
         gauges["lvscare_last_reconcile_timestamp_seconds"].append(
             f" {_num(snap.last_reconcile or 0.0)}")
         for name, value in snap.sysctls.items():
@@ -221,7 +227,10 @@ class Metrics:
                  "Client connections of deleted real servers told to reconnect at once.", "vs",
                  self.nudges),
                 ("lvscare_reconcile_errors_total", "Failed reconciles, by kind.", "kind",
-                 self.reconcile_errors)):
+                 self.reconcile_errors),
+                ("lvscare_discovery_failures_total",
+                 "Discovery rounds that kept the current real servers, by reason.", "reason",
+                 self.discovery_failures)):
             family(name, "counter", help_text)
             out.extend([f'{name}{{{label}="{_escape(k)}"}} {n}.0' for k, n in counts.items()])
         family("lvscare_probe_duration_seconds", "histogram", "Duration of health probes.")
@@ -245,7 +254,11 @@ _GAUGES: dict[str, str] = {
     "lvscare_virtual_server_healthy_real_servers": "Real servers taking new connections by their health.",
     "lvscare_virtual_server_all_down":
         "1 while every real server is down and the last healthy ones are kept (fail-open).",
+    "lvscare_real_server_source":
+        "1 for where the real server's address came from: seed, state (file) or discovered.",
     "lvscare_last_reconcile_timestamp_seconds": "Unix time of the last successful reconcile.",
+    "lvscare_discovery_last_success_timestamp_seconds":
+        "Unix time of the last usable answer of control-plane discovery.",
     "lvscare_sysctl": "IPVS sysctls lvscare relies on.",
     "lvscare_build_info": "Build information.",
 }

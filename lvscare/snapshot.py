@@ -22,6 +22,7 @@ class RealServerView:
     # In the kernel: the weight as last written and the connection counts as last read; None when
     # the real server is not in the kernel.
     kernel: Dest | None
+    source: str = "seed"  # seed, state or discovered
 
 
 @dataclass(frozen=True)
@@ -44,3 +45,4 @@ class Snapshot:
     last_error: str | None = None  # why the last reconcile failed, while it keeps failing
     repairs: int = 0  # operations that undid someone else's change, since start
     sysctls: Mapping[str, str | None] = field(default_factory=dict)
+    discovery_last_success: float | None = None  # wall clock; None: never, or discovery off

@@ -89,7 +89,8 @@ def render(data: dict[str, Any], colour: bool) -> str:
     for vs in data["virtualServers"]:
         flag = "  ALL DOWN (fail-open: keeping the last healthy)" if vs["allDown"] else ""
         lines.append(f"{_clean(vs['address'])}  {_clean(vs['scheduler'])}  mode {_clean(vs['mode'])}{flag}")
-        header = ("BACKEND", "STATE", "WEIGHT", "LATENCY", "ACTIVE", "INACTIVE", "SINCE", "LAST")
+        header = ("BACKEND", "SOURCE", "STATE", "WEIGHT", "LATENCY", "ACTIVE", "INACTIVE", "SINCE",
+                  "LAST")
         rows = [header]
         for rs in vs["realServers"]:
             last = rs["lastProbe"] or {}
@@ -99,7 +100,7 @@ def render(data: dict[str, Any], colour: bool) -> str:
             if last.get("error"):
                 outcome = f"{outcome}: {_clean(last['error'])}"
             state = _clean(rs["state"]) + (" (slow)" if rs.get("slow") else "")
-            rows.append((_clean(rs["address"]), state,
+            rows.append((_clean(rs["address"]), _clean(rs.get("source", "seed")), state,
                          f"{kernel}/{_clean(rs['configuredWeight'])}", latency,
                          _clean(rs["activeConnections"]), _clean(rs["inactiveConnections"]),
                          _since(float(rs["since"])), outcome))
@@ -107,8 +108,8 @@ def render(data: dict[str, Any], colour: bool) -> str:
         for n, row in enumerate(rows):
             cells = [c.ljust(w) for c, w in zip(row, widths, strict=False)] + [row[-1]]
             if colour and n > 0:
-                code = COLOURS.get(row[1], "0")
-                cells[1] = f"\x1b[{code}m{cells[1]}\x1b[0m"
+                code = COLOURS.get(row[2], "0")
+                cells[2] = f"\x1b[{code}m{cells[2]}\x1b[0m"
             lines.append("  " + "  ".join(cells).rstrip())
     return "\n".join(lines)
 

@@ -60,6 +60,7 @@ def status(snap: Snapshot, now: float) -> dict[str, Any]:
                 "address": str(rv.real_server.endpoint),
                 "state": h.state.value,
                 "slow": h.slow,
+                "source": rv.source,
                 "since": round(now - h.since, 3),
                 "configuredWeight": rv.real_server.weight,
                 "kernelWeight": dest.weight if dest else None,

@@ -8,6 +8,11 @@ Every response body is the backend's name, so a client can tell which real serve
   flap      500 and 200 in turn on the health path: every other probe fails
   hang      accept TCP, read the request, never answer
   tls-hang  accept TCP, never start the TLS handshake
+
+As a stand-in apiserver for discovery, ``--endpoints-file`` is served at
+/api/v1/namespaces/default/endpoints/kubernetes (re-read per request; a file reading ``HTTP 403``
+answers that status), only to a client that presented a certificate signed by ``--client-ca``
+(others get 401), as kube-apiserver asks for client certificates but does not require them.
 """
 
 from __future__ import annotations
@@ -20,6 +25,8 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+ENDPOINTS = "/api/v1/namespaces/default/endpoints/kubernetes"
+
 
 def main() -> None:
     ap = argparse.ArgumentParser()
@@ -29,6 +36,8 @@ def main() -> None:
     ap.add_argument("--key")
     ap.add_argument("--fault-file")
     ap.add_argument("--health-path", default="/healthz")
+    ap.add_argument("--client-ca")
+    ap.add_argument("--endpoints-file")
     args = ap.parse_args()
     host, _, port = args.listen.rpartition(":")
     host = host.strip("[]")
@@ -48,7 +57,26 @@ def main() -> None:
         def log_message(self, *a: object) -> None:
             pass
 
+        def endpoints(self) -> None:
+            try:
+                body = Path(args.endpoints_file).read_bytes()
+            except OSError:
+                body = b"HTTP 404"
+            status = 200
+            if not getattr(self.connection, "getpeercert", lambda: None)():
+                status, body = 401, b'{"kind":"Status","code":401}'
+            elif body.startswith(b"HTTP "):
+                status, body = int(body.split()[1]), b'{"kind":"Status"}'
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
         def do_GET(self) -> None:
+            if args.endpoints_file and self.path == ENDPOINTS:
+                self.endpoints()
+                return
             mode = fault()
             if mode == "hang":
                 time.sleep(3600)
@@ -98,6 +126,9 @@ def main() -> None:
     if args.cert:
         ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         ctx.load_cert_chain(args.cert, args.key)
+        if args.client_ca:
+            ctx.verify_mode = ssl.CERT_OPTIONAL
+            ctx.load_verify_locations(args.client_ca)
     server = Server((host, int(port)), Handler)
     print("listening", flush=True)
     server.serve_forever(poll_interval=0.2)

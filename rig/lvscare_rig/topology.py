@@ -84,6 +84,7 @@ class Lab:
     key: Path
     backends: list[Backend] = field(default_factory=list)
     extra_netns: list[str] = field(default_factory=list)
+    backend_args: list[str] = field(default_factory=list)  # more arguments for every backend
 
     # -- commands in the node ------------------------------------------------------------------
 
@@ -145,7 +146,7 @@ class Lab:
             ["ip", "netns", "exec", backend.netns, sys.executable,
              BACKEND if backend.server == "stdlib" else H2BACKEND, "--listen", listen,
              "--name", backend.name, "--cert", str(self.cert), "--key", str(self.key),
-             "--fault-file", str(backend.fault_file), *extra],
+             "--fault-file", str(backend.fault_file), *extra, *self.backend_args],
             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, start_new_session=True)
         assert backend.proc.stdout is not None
         line = backend.proc.stdout.readline()
@@ -201,7 +202,7 @@ def make_certificate(workdir: Path) -> tuple[Path, Path]:
     cert, key = workdir / "apiserver.crt", workdir / "apiserver.key"
     sh("openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
        "-nodes", "-keyout", str(key), "-out", str(cert), "-days", "2", "-subj", "/CN=apiserver",
-       "-addext", "subjectAltName=DNS:kubernetes,IP:10.103.97.2")
+       "-addext", "subjectAltName=DNS:kubernetes,DNS:apiserver.cluster.local,IP:10.103.97.2")
     return cert, key
 
 

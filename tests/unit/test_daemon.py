@@ -6,6 +6,7 @@ kernel."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import random
 import signal
@@ -19,6 +20,7 @@ from structlog.testing import capture_logs
 
 from lvscare.config import Config
 from lvscare.daemon import IPTABLES_EVERY, Daemon
+from lvscare.discovery import Discovery
 from lvscare.errors import UserError
 from lvscare.plan import DelDest, op_key
 from lvscare.web import healthz, status
@@ -31,11 +33,12 @@ WALL0 = 1.8e9
 
 
 class Run:
-    def __init__(self, cfg: Config, reload: Callable[[], Config] | None) -> None:
+    def __init__(self, cfg: Config, reload: Callable[[], Config] | None,
+                 discovery: Discovery | None = None) -> None:
         self.fake = FakeWorld()
         self.daemon = Daemon(cfg, reload, world=self.fake.world(),
                              wall=lambda: WALL0 + asyncio.get_running_loop().time(),
-                             rng=random.Random(7))
+                             rng=random.Random(7), discovery=discovery)
         self.logs: list[dict[str, Any]] = []
         self.task: asyncio.Task[int] | None = None
 
@@ -66,10 +69,10 @@ class Run:
 def play(drive: Callable[[Run], Awaitable[None]], cfg: Config | None = None,
          reload: Callable[[], Config] | None = None, start: float = 3.0,
          node: set[tuple[str, ...]] | None = None, setup: Callable[[Run], None] | None = None,
-         started: str = "started") -> Run:
+         started: str = "started", discovery: Discovery | None = None) -> Run:
     """Start the daemon, let ``drive`` act on it, stop it. ``start``: the monotonic clock at
     start, as a node's uptime; ``node``: what the node holds before the daemon starts."""
-    run = Run(cfg or config(), reload)
+    run = Run(cfg or config(), reload, discovery)
     run.fake.node.objects |= node or set()
     if setup is not None:
         setup(run)
@@ -479,3 +482,74 @@ def test_a_reload_that_crashes_validation_keeps_the_daemon_running() -> None:
         await r.until(lambda: r.fake.ipvs.weights() == {RS2: 1}, 3)  # still at work
 
     play(drive, config((RS1, RS2)), read)
+
+
+# -- control-plane discovery ---------------------------------------------------------------------
+
+
+def _discovery(tmp_path: Any, fetch: Any, cfg: Config) -> Discovery:
+    from lvscare import kubeconfig
+
+    from .test_discovery import write_kubeconfig
+
+    kc = kubeconfig.load(write_kubeconfig(tmp_path / "kubelet.conf", {
+        "server": "https://10.103.97.2:6443", "insecure-skip-tls-verify": True}, {}))
+    return Discovery(kc, cfg, fetch, rng=random.Random(3), wall=lambda: WALL0)
+
+
+def test_discovered_members_become_the_real_servers_and_a_broken_answer_changes_nothing(
+        tmp_path: Any) -> None:
+    from .test_discovery import FakeFetch, endpoints
+
+    fetch = FakeFetch()
+    fetch.answers["server"] = (200, endpoints("10.0.0.1", "10.0.0.2", "10.0.0.3"))
+    cfg = config(rs=[RS1, RS2], discover_interval="2s", state_dir=str(tmp_path / "state"))
+
+    async def drive(r: Run) -> None:
+        # A new member is probed first and carries traffic after rise (2) good probes.
+        took = await r.until(lambda: r.fake.ipvs.weights() == ALL, 5)
+        assert took > 0.2
+        (changed,) = r.events("control-plane members changed")
+        assert changed["added"] == [RS3] and changed["removed"] == []
+        assert {str(v.real_server.endpoint): v.source for v in
+                r.daemon.snapshot.virtual_servers[0].real_servers} == {
+            RS1: "discovered", RS2: "discovered", RS3: "discovered"}
+        # A seed that left the control plane goes.
+        fetch.answers["server"] = (200, endpoints("10.0.0.2", "10.0.0.3"))
+        await r.until(lambda: r.fake.ipvs.weights() == {RS2: 1, RS3: 1}, 4)
+        assert r.events("control-plane members changed")[-1]["removed"] == [RS1]
+        # Empty, broken, forbidden: nothing changes, one line per episode.
+        failed = "discovery failed: keeping the current real servers"
+        for n, answer in enumerate(((200, endpoints()), (200, b"<html>"), (403, b"")), 1):
+            fetch.answers["server"] = answer
+            rounds = len(fetch.asked)
+            # Backing off: 2 s doubling per failure, so bounded by the rounds, not a fixed time.
+            while len(fetch.asked) < rounds + 2:
+                await r.hold(lambda: r.fake.ipvs.weights() == {RS2: 1, RS3: 1}, 1)
+            assert len(r.events(failed)) == n
+        assert [e["reason"] for e in r.events("discovery failed: keeping the current real servers")] == [
+            "empty", "decode", "forbidden"]
+
+    r = play(drive, cfg, discovery=_discovery(tmp_path, fetch, cfg))
+    assert r.daemon.metrics.discovery_failures["forbidden"] >= 1
+    saved = json.loads((tmp_path / "state" / "members-10.103.97.2-6443.json").read_text())
+    assert saved["members"] == [RS2, RS3]
+
+
+def test_a_state_file_of_this_cluster_is_used_before_the_first_answer(tmp_path: Any) -> None:
+    from .test_discovery import FakeFetch
+
+    fetch = FakeFetch()  # the server and every member refuse
+    cfg = config(rs=[RS1], state_dir=str(tmp_path / "state"))
+    d = _discovery(tmp_path, fetch, cfg)
+    d.save_state((ep(RS1), ep(RS2), ep(RS3)))
+
+    async def drive(r: Run) -> None:
+        assert await r.until(lambda: r.fake.ipvs.weights() == ALL, 1) < 0.1  # from the first write
+        assert r.events("members from the discovery state file")
+        await r.until(lambda: r.events("discovery failed: keeping the current real servers"), 2)
+        assert r.events("discovery failed: keeping the current real servers")[0]["reason"] == "unreachable"
+        assert fetch.asked[:4] == ["server", RS1, RS2, RS3]  # every known member was asked
+        await r.hold(lambda: r.fake.ipvs.weights() == ALL, 3)
+
+    play(drive, cfg, discovery=d)

@@ -152,7 +152,13 @@ HELP = {  # what Prometheus and Grafana show for each family
         "gauge", "Real servers taking new connections by their health."),
     "lvscare_virtual_server_all_down": (
         "gauge", "1 while every real server is down and the last healthy ones are kept (fail-open)."),
+    "lvscare_real_server_source": (
+        "gauge", "1 for where the real server's address came from: seed, state (file) or discovered."),
     "lvscare_last_reconcile_timestamp_seconds": ("gauge", "Unix time of the last successful reconcile."),
+    "lvscare_discovery_last_success_timestamp_seconds": (
+        "gauge", "Unix time of the last usable answer of control-plane discovery."),
+    "lvscare_discovery_failures": (
+        "counter", "Discovery rounds that kept the current real servers, by reason."),
     "lvscare_sysctl": ("gauge", "IPVS sysctls lvscare relies on."),
     "lvscare_build_info": ("gauge", "Build information."),
     "lvscare_probes": ("counter", "Health probes by outcome."),
@@ -179,10 +185,10 @@ def test_every_family_every_sample() -> None:
     snap = Snapshot(Config(virtual_servers=(VS,), metrics_address=""), (VirtualServerView(VS, False, (
         RealServerView(rs1, Health(State.DOWN, dead=True), Dest(rs1.endpoint, 0, active_conns=3,
                                                                 inactive_conns=4)),
-        RealServerView(rs2, Health(State.RECOVERING), None))),),
+        RealServerView(rs2, Health(State.RECOVERING), None, "discovered"))),),
         last_reconcile=None, sysctls={"net/ipv4/vs/expire_nodest_conn": "1",
                                       "net/ipv4/vs/conntrack": "-1", "net/ipv4/vs/odd": "x",
-                                      "net/ipv4/vs/gone": None})
+                                      "net/ipv4/vs/gone": None}, discovery_last_success=1.8e9)
     m = Metrics()
     m.probe(KEY1, Outcome.TLS, 0.2)
     m.transition(KEY1, State.DOWN)
@@ -190,6 +196,7 @@ def test_every_family_every_sample() -> None:
     m.repair(VS.endpoint, 2)
     m.nudged(VS.endpoint, 5)
     m.reconcile_error("EPERM")
+    m.discovery_failures["forbidden"] = 3
     with m.reconcile_timer():
         pass
     fams = {f.name: f for f in text_string_to_metric_families(m.render(snap).decode())}
@@ -223,6 +230,10 @@ def test_every_family_every_sample() -> None:
     assert value("lvscare_rules_repaired_total", vs=vs) == 2
     assert value("lvscare_clients_nudged_total", vs=vs) == 5
     assert value("lvscare_reconcile_errors_total", kind="EPERM") == 1
+    assert value("lvscare_real_server_source", vs=vs, rs=a, source="seed") == 1
+    assert value("lvscare_real_server_source", vs=vs, rs=b, source="discovered") == 1
+    assert value("lvscare_discovery_last_success_timestamp_seconds") == 1.8e9
+    assert value("lvscare_discovery_failures_total", reason="forbidden") == 3
     assert value("lvscare_probe_duration_seconds_bucket", vs=vs, rs=a, le="0.25") == 1
     assert value("lvscare_probe_duration_seconds_bucket", vs=vs, rs=a, le="0.05") == 0
     assert value("lvscare_reconcile_duration_seconds_count") == 1

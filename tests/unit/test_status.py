@@ -98,5 +98,5 @@ def test_a_slow_real_server_shows_as_such(server) -> None:  # type: ignore[no-un
                        "error": "/readyz unanswered after 0.80s; PINGs answered"}
     p = status(server(lambda c: c.sendall(_http(json.dumps(slow).encode()))))
     row = next(line for line in p.stdout.splitlines() if "10.0.0.1:6443" in line)
-    assert row.split()[1:3] == ["healthy", "(slow)"]
+    assert row.split()[1:4] == ["seed", "healthy", "(slow)"]
     assert row.endswith("slow: /readyz unanswered after 0.80s; PINGs answered")

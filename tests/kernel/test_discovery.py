@@ -1,0 +1,187 @@
+"""Control-plane discovery in the real kernel: the backends are stand-in apiservers with real TLS
+that ask for a client certificate and serve the ``kubernetes`` Endpoints object (through the VIP
+too); the daemon reads it with a kubelet-style kubeconfig (CA, client certificate and key files)."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+from lvscare_rig import topology
+from lvscare_rig.topology import Lab
+
+from .helpers import Care, ipvsadm_table, wait
+
+VIP = "10.103.97.2"
+KEY = f"TCP {VIP}:6443"
+
+
+def weights(lab: Lab) -> dict[str, int]:
+    rs = ipvsadm_table(lab).get(KEY, {}).get("rs", {})
+    assert isinstance(rs, dict)
+    return {addr: w for addr, (_, w) in rs.items()}
+
+
+def openssl(*args: str) -> None:
+    subprocess.run(["openssl", *args], check=True, capture_output=True)
+
+
+class Cluster:
+    """The lab's backends as a control plane: its Endpoints file, a client CA and a kubelet's
+    certificate, and kubeconfigs."""
+
+    def __init__(self, lab: Lab) -> None:
+        self.lab = lab
+        d = self.dir = lab.workdir / "cluster"
+        d.mkdir()
+        self.endpoints = d / "endpoints.json"
+        openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+                "-keyout", str(d / "client-ca.key"), "-out", str(d / "client-ca.crt"), "-days", "2",
+                "-subj", "/CN=kubernetes-client-ca")
+        openssl("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+                "-keyout", str(d / "kubelet.key"), "-out", str(d / "kubelet.csr"),
+                "-subj", "/O=system:nodes/CN=system:node:node-1")
+        openssl("x509", "-req", "-in", str(d / "kubelet.csr"), "-CA", str(d / "client-ca.crt"),
+                "-CAkey", str(d / "client-ca.key"), "-CAcreateserial", "-days", "2",
+                "-out", str(d / "kubelet.crt"))
+        # kubelet-client-current.pem: certificate and key in one file, named twice.
+        (d / "kubelet-client-current.pem").write_bytes(
+            (d / "kubelet.crt").read_bytes() + (d / "kubelet.key").read_bytes())
+        lab.backend_args = ["--client-ca", str(d / "client-ca.crt"), "--endpoints-file", str(self.endpoints)]
+        self.members(*lab.backends)
+        for b in lab.backends:
+            lab.start(b)
+
+    def members(self, *backends: topology.Backend) -> None:
+        self.write({"kind": "Endpoints", "apiVersion": "v1", "metadata": {"name": "kubernetes"},
+                    "subsets": [{"addresses": [{"ip": b.ip4} for b in backends],
+                                 "ports": [{"name": "https", "port": 6443, "protocol": "TCP"}]}]
+                    if backends else []})
+
+    def write(self, content: object) -> None:
+        tmp = self.endpoints.with_suffix(".tmp")
+        tmp.write_text(content if isinstance(content, str) else json.dumps(content))
+        tmp.replace(self.endpoints)
+
+    def kubeconfig(self, server: str = f"https://{VIP}:6443", ca: Path | None = None) -> str:
+        path = self.dir / f"kubelet-{time.monotonic_ns()}.conf"
+        pem = str(self.dir / "kubelet-client-current.pem")
+        path.write_text(yaml.safe_dump({
+            "apiVersion": "v1", "kind": "Config", "current-context": "system:node:node-1@kubernetes",
+            "contexts": [{"name": "system:node:node-1@kubernetes",
+                          "context": {"cluster": "kubernetes", "user": "system:node:node-1"}}],
+            "clusters": [{"name": "kubernetes", "cluster": {
+                "server": server, "certificate-authority": str(ca or self.lab.cert)}}],
+            "users": [{"name": "system:node:node-1",
+                       "user": {"client-certificate": pem, "client-key": pem}}]}))
+        return str(path)
+
+
+@pytest.fixture
+def cluster() -> Iterator[Cluster]:
+    lab = topology.build(backends=3, start=False)
+    try:
+        yield Cluster(lab)
+    finally:
+        lab.close()
+
+
+def care(c: Cluster, *seeds: topology.Backend, kubeconfig: str | None = None, **kw: str) -> Care:
+    args = ["--discover-from", kubeconfig or c.kubeconfig(), "--discover-interval", "1s",
+            "--state-dir", str(c.dir / "state")]
+    return Care(c.lab, *args, rs=[b.address for b in seeds])
+
+
+def test_members_follow_the_endpoints_and_a_broken_answer_changes_nothing(cluster: Cluster) -> None:
+    lab, (b1, b2, b3) = cluster.lab, cluster.lab.backends
+    cluster.members(b1, b2, b3)
+    daemon = care(cluster, b1, b2).start(wait_for=[b1.address, b2.address])
+    try:
+        began = time.monotonic()
+        wait(lambda: weights(lab) == {b1.address: 1, b2.address: 1, b3.address: 1}, 15, daemon)
+        print(f"\nmember added -> in the kernel table in {time.monotonic() - began:.2f}s "
+              "(discovery interval 1s, rise 2)")
+        (changed,) = daemon.events("control-plane members changed")
+        assert changed["added"] == [b3.address] and changed["via"] == "server"
+        # Read through the VIP with the kubelet's identity: the answer came over real TLS.
+        cluster.members(b2, b3)
+        began = time.monotonic()
+        wait(lambda: b1.address not in weights(lab), 15, daemon)
+        print(f"member removed -> gone from the kernel table in {time.monotonic() - began:.2f}s")
+        assert daemon.events("control-plane members changed")[-1]["removed"] == [b1.address]
+        state = json.loads((cluster.dir / "state" / f"members-{VIP}-6443.json").read_text())
+        assert state["members"] == [b2.address, b3.address] and state["cluster"].startswith("ca:")
+        for broken, reason in (({"kind": "Endpoints", "subsets": []}, "empty"), ("HTTP 403", "forbidden"),
+                               ("{not json", "decode")):
+            cluster.write(broken)
+            wait(lambda r=reason: any(e["reason"] == r for e in daemon.events(
+                "discovery failed: keeping the current real servers")), 20, daemon)
+            end = time.monotonic() + 3
+            while time.monotonic() < end:
+                assert weights(lab) == {b2.address: 1, b3.address: 1}
+                time.sleep(0.3)
+        failed = daemon.events("discovery failed: keeping the current real servers")
+        assert [e["reason"] for e in failed] == ["empty", "forbidden", "decode"]  # once per episode
+        assert "Node authorizer" in str(failed[1]["hint"])
+    finally:
+        daemon.stop()
+
+
+def test_an_unreachable_server_is_bypassed_through_the_members(cluster: Cluster) -> None:
+    """The kubeconfig names a balancer that is down (here: a closed port on the node itself);
+    a membership change is still found by asking a member directly, its certificate checked
+    against the kubeconfig's CA and server name."""
+    lab, (b1, b2, b3) = cluster.lab, cluster.lab.backends
+    cluster.members(b1, b2)
+    kubeconfig = cluster.kubeconfig(server="https://apiserver.cluster.local:6443")
+    # apiserver.cluster.local resolves nowhere in the lab: the server is unreachable; the members'
+    # certificates name it (SAN), as kubeadm's do for a controlPlaneEndpoint.
+    daemon = care(cluster, b1, b2, kubeconfig=kubeconfig).start(wait_for=[b1.address, b2.address])
+    try:
+        cluster.members(b1, b2, b3)
+        wait(lambda: b3.address in weights(lab), 20, daemon)
+        wait(lambda: weights(lab) == {b.address: 1 for b in (b1, b2, b3)}, 10, daemon)
+        (changed,) = daemon.events("control-plane members changed")
+        assert changed["via"] in (b1.address, b2.address)  # a member, not the server
+        assert not daemon.events("discovery failed: keeping the current real servers")
+    finally:
+        daemon.stop()
+
+
+def test_a_state_file_is_used_at_once_and_one_of_another_cluster_is_ignored(cluster: Cluster) -> None:
+    lab, (b1, b2, b3) = cluster.lab, cluster.lab.backends
+    cluster.members(b1, b2, b3)
+    first = care(cluster, b1).start(wait_for=[b1.address])
+    try:
+        wait(lambda: len(weights(lab)) == 3, 15, first)
+        wait(lambda: (cluster.dir / "state" / f"members-{VIP}-6443.json").exists(), 10, first)
+        assert first.signal(signal.SIGTERM) == 0
+    finally:
+        first.stop()
+    cluster.write("HTTP 403")  # no answer to be had: only the state file can tell
+    second = care(cluster, b1).spawn()
+    try:
+        # The first write already holds all three: the state file, before any answer.
+        wait(lambda: second.events("started"), 30, second)
+        assert second.events("members from the discovery state file")
+        assert set(weights(lab)) == {b.address for b in (b1, b2, b3)}
+    finally:
+        second.stop()
+    # The node was reset and joined another cluster: another CA, the same state dir.
+    other_dir = cluster.dir / "other"
+    other_dir.mkdir()
+    other_ca, _ = topology.make_certificate(other_dir)
+    lab.run("ipvsadm", "-C")
+    third = care(cluster, b1, kubeconfig=cluster.kubeconfig(ca=other_ca)).start(wait_for=[b1.address])
+    try:
+        (ignored,) = third.events("discovery state file is of another cluster (its CA differs): ignored")
+        assert ignored["server"] == f"https://{VIP}:6443"
+        assert set(weights(lab)) == {b1.address}
+    finally:
+        third.stop()
