@@ -65,6 +65,8 @@ def make_parser() -> argparse.ArgumentParser:
     join.add_argument("--options", action="append", default=[],
                       help="extra lvscare care arguments for the static pod, e.g. --options=--mode=link")
     join.add_argument("--dry-run", action="store_true", help="print the plan per node, change nothing")
+    join.add_argument("--discover", action="store_true",
+                      help="the static pod follows the control plane's members (static-pod --discover)")
     clean = sub.add_parser("clean", help="undo join: kubeadm reset, manifest, hosts block, rules")
     _common(clean)
     return parser
@@ -236,7 +238,8 @@ def build(args: argparse.Namespace) -> tuple[Plan, Auth]:
     plan = Plan(masters=masters, nodes=nodes, user=args.user, vip=vip, port=port,
                 image=getattr(args, "image", None) or "", pkg=pkg, pkg_sha256=pkg_sha256,
                 parallel=parallel, paths=paths,
-                options=tuple(o for v in getattr(args, "options", []) for o in v.split()))
+                options=tuple(o for v in getattr(args, "options", []) for o in v.split()),
+                discover=bool(getattr(args, "discover", False)))
     auth = Auth(user=args.user, password=password, key_file=key, known_hosts=args.known_hosts,
                 accept_new=args.accept_new_host_keys, connect_timeout=timeout, staging=paths.state)
     return plan, auth
@@ -261,7 +264,7 @@ def cmd_join(args: argparse.Namespace) -> int:
     try:
         manifest = staticpod.render(staticpod.StaticPod(
             vip=plan.vs, masters=tuple(plan.real_servers), image=plan.image or staticpod.DEFAULT_IMAGE,
-            name=name, options=plan.options))
+            name=name, options=plan.options, discover=plan.discover))
     except UserError as exc:
         raise UsageError(str(exc)) from None
     if args.dry_run:

@@ -48,6 +48,7 @@ class Plan:
     parallel: int = 10
     paths: Paths = field(default_factory=Paths)
     options: tuple[str, ...] = ()
+    discover: bool = False
 
     @property
     def vs(self) -> str:
@@ -66,7 +67,7 @@ class Plan:
         with ``--run-once``: one source, so the rules before join and the pod after agree."""
         from lvscare.staticpod import care_args
 
-        return care_args(self.vs, self.real_servers, self.options)
+        return care_args(self.vs, self.real_servers, self.options, self.discover)
 
 
 def describe(plan: Plan, node: str) -> list[str]:

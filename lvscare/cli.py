@@ -46,6 +46,9 @@ def make_parser(raise_errors: bool = False) -> argparse.ArgumentParser:
                     help="print the manifest instead of writing it")
     sp.add_argument("--set-img", dest="set_img", nargs="?", const="true", default="false",
                     help="only change the image of the existing manifest")
+    sp.add_argument("--discover", nargs="?", const="true", default="false",
+                    help="follow the control plane's members with the kubelet's kubeconfig "
+                         "(mounts /etc/kubernetes/kubelet.conf, /var/lib/kubelet/pki, /var/lib/lvscare)")
     # sealctl's root flag; accepted so its command lines work, nothing more to log here.
     sp.add_argument("--debug", nargs="?", const="true", default="false", help=argparse.SUPPRESS)
     version = sub.add_parser("version", help="print the version")
@@ -107,7 +110,8 @@ def cmd_static_pod(args: argparse.Namespace) -> int:
     else:
         options = split_list(args.options, "--options")  # a pflag string slice: commas
         pod = staticpod.StaticPod(vip=args.vip, masters=tuple(args.masters), image=image, name=name,
-                                  options=tuple(options))
+                                  options=tuple(options),
+                                  discover=parse_bool(args.discover, "--discover"))
         text = staticpod.render(pod)
         if not to_stdout:
             # Written here, so read here: the probes' certificates must be what the daemon accepts,

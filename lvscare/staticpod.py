@@ -43,6 +43,7 @@ class StaticPod:
     image: str = DEFAULT_IMAGE
     name: str = DEFAULT_NAME
     options: tuple[str, ...] = field(default=())
+    discover: bool = False  # follow the control plane's members (docs/operating.md#discovery)
 
 
 _NAME = re.compile(r"[a-z0-9](?:[-a-z0-9]{0,61}[a-z0-9])?")
@@ -54,7 +55,12 @@ _IMAGE = re.compile(rf"(?:{_DOMAIN}/)?{_PATH}(?:/{_PATH})*(?::[\w][\w.-]{{0,127}
                     r"(?:@[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9a-fA-F]{32,})?")
 # The probes' certificates are mounted from the node (read-only, at the same path). A --config file
 # is not: the manifest itself is the configuration, and a file beside it would be a second one.
-_HOST_FILES = ("--config",)
+_HOST_FILES = ("--config", "--discover-from", "--state-dir")
+# Discovery (--discover) reads the kubelet's kubeconfig and its rotated client certificate, and keeps
+# the last members in the state directory: all at kubeadm's paths on every node.
+KUBELET_CONF = "/etc/kubernetes/kubelet.conf"
+KUBELET_PKI = "/var/lib/kubelet/pki"
+STATE_DIR = "/var/lib/lvscare"
 CERTIFICATE_FLAGS = ("health-ca", "health-cert", "health-key")
 
 
@@ -90,15 +96,34 @@ def real_servers(vip: str, masters: Sequence[str]) -> list[str]:
     return out
 
 
-def care_args(vip: str, masters: Sequence[str], options: Sequence[str] = ()) -> list[str]:
+def care_args(vip: str, masters: Sequence[str], options: Sequence[str] = (),
+              discover: bool = False) -> list[str]:
     """The daemon's arguments, in Go lvscare's order, checked by the daemon's own parser."""
     args = ["care", "--vs", str(parse_endpoint(vip, "--vip")), "--health-path", "/readyz",
             "--health-schem", "https"]
     for rs in real_servers(vip, masters):
         args += ["--rs", rs]
+    _check([*args, *options])
+    if discover:
+        args += ["--discover-from", KUBELET_CONF, "--state-dir", STATE_DIR]
     args += list(options)
-    _check(args)
+    parse_care_args(args)
     return args
+
+
+def discovery_mounts() -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The kubelet's kubeconfig and certificates read-only, the state directory read-write."""
+    volumes: list[dict[str, Any]] = [
+        {"name": "kubelet-conf", "hostPath": {"path": KUBELET_CONF, "type": "File"}},
+        {"name": "kubelet-pki", "hostPath": {"path": KUBELET_PKI, "type": "Directory"}},
+        {"name": "lvscare-state", "hostPath": {"path": STATE_DIR, "type": "DirectoryOrCreate"}},
+    ]
+    mounts: list[dict[str, Any]] = [
+        {"name": "kubelet-conf", "mountPath": KUBELET_CONF, "readOnly": True},
+        {"name": "kubelet-pki", "mountPath": KUBELET_PKI, "readOnly": True},
+        {"name": "lvscare-state", "mountPath": STATE_DIR},
+    ]
+    return volumes, mounts
 
 
 def liveness_probe(args: list[str]) -> dict[str, Any] | None:
@@ -123,8 +148,9 @@ def _check(args: list[str]) -> None:
     # The manifest must not carry arguments that would make the pod crash-loop on every node.
     for arg in args:
         if arg.split("=", 1)[0] in _HOST_FILES:
+            hint = "; use --discover" if arg.startswith(("--discover-from", "--state-dir")) else ""
             raise UserError(f"--options: {show(arg)} names a file on the node, which the pod does "
-                            "not mount")
+                            f"not mount{hint}")
     try:
         values = parse_care_args(args)
     except UserError as exc:
@@ -163,7 +189,7 @@ def certificate_mounts(args: list[str]) -> tuple[list[dict[str, Any]], list[dict
 
 
 def manifest(pod: StaticPod) -> dict[str, Any]:
-    args = care_args(pod.vip, pod.masters, pod.options)
+    args = care_args(pod.vip, pod.masters, pod.options, pod.discover)
     probe = liveness_probe(args)
     check_image(pod.image)
     check_name(pod.name)
@@ -171,6 +197,7 @@ def manifest(pod: StaticPod) -> dict[str, Any]:
     # iptables (link mode) takes this lock; sharing the host's serialises us with kube-proxy.
     xtables_lock = {"name": "xtables-lock", "mountPath": "/run/xtables.lock"}
     cert_volumes, cert_mounts = certificate_mounts(args)
+    disc_volumes, disc_mounts = discovery_mounts() if pod.discover else ([], [])
     labels = {"app.kubernetes.io/name": "lvscare", "component": "lvscare", "tier": "control-plane"}
     return {
         "apiVersion": "v1",
@@ -210,12 +237,13 @@ def manifest(pod: StaticPod) -> dict[str, Any]:
                     "limits": {"cpu": "200m", "memory": "128Mi"},
                 },
                 **({"livenessProbe": probe} if probe else {}),
-                "volumeMounts": [lib_modules, xtables_lock, *cert_mounts],
+                "volumeMounts": [lib_modules, xtables_lock, *cert_mounts, *disc_mounts],
             }],
             "volumes": [
                 {"name": "lib-modules", "hostPath": {"path": "/lib/modules", "type": ""}},
                 {"name": "xtables-lock", "hostPath": {"path": "/run/xtables.lock", "type": "FileOrCreate"}},
                 *cert_volumes,
+                *disc_volumes,
             ],
         },
     }

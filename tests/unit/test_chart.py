@@ -26,7 +26,7 @@ EVERYTHING: dict[str, Any] = {
                                          "cert": "/etc/lvscare/probe.crt", "key": "/etc/lvscare/probe.key"},
     "metrics": {"address": "0.0.0.0:10262"}, "extraArgs": ["--all-down", "empty"],
     "serviceMonitor": {"enabled": True}, "prometheusRule": {"enabled": True},
-    "grafanaDashboard": {"enabled": True},
+    "grafanaDashboard": {"enabled": True}, "discover": True,
 }
 
 
@@ -78,7 +78,8 @@ def _options(values: dict[str, Any]) -> list[str]:
 def test_daemonset_runs_what_the_static_pod_runs(values: dict[str, Any]) -> None:
     pod = by_kind(render(values), "DaemonSet")["spec"]["template"]["spec"]
     static = staticpod.manifest(staticpod.StaticPod(
-        masters=tuple(values["realServers"]), options=tuple(_options(values))))["spec"]
+        masters=tuple(values["realServers"]), options=tuple(_options(values)),
+        discover=values.get("discover", False)))["spec"]
     (main,), (init,) = pod["containers"], pod["initContainers"]
     (s_main,), (s_init,) = static["containers"], static["initContainers"]
     assert main["args"] == s_main["args"] and init["args"] == s_init["args"]

@@ -118,6 +118,11 @@ def test_plan_addresses() -> None:
     assert plan.vs == "[fd00::97:2]:6443" and plan.real_servers == ["[fd00::2]:6443"]
     assert plan.care_args() == ["care", "--vs", "[fd00::97:2]:6443", "--health-path", "/readyz",
                                 "--health-schem", "https", "--rs", "[fd00::2]:6443"]
+    # join --discover: the rules step (--run-once, before join: no kubelet.conf yet, not read) and
+    # the static pod run the same arguments.
+    discovering = Plan(masters=("10.0.0.2",), nodes=("n1",), user="root", discover=True)
+    assert discovering.care_args()[-4:] == ["--discover-from", "/etc/kubernetes/kubelet.conf",
+                                            "--state-dir", "/var/lib/lvscare"]
 
 
 class _RecordingRemote:

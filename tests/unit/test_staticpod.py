@@ -178,3 +178,31 @@ def test_the_probes_certificates_are_checked_and_mounted_read_only(tmp_path: Pat
     assert main(["static-pod", "--path", str(bad), "--masters", "10.0.0.2",
                  "--options", f"--health-cert={other_cert}", "--options", f"--health-key={key}"]) == 2
     assert not bad.exists()
+
+
+def test_discover_mounts_the_kubelets_identity_read_only_and_passes_the_flags(tmp_path: Path) -> None:
+    doc = staticpod.manifest(staticpod.StaticPod(masters=MASTERS, discover=True))
+    kubernetes_validate.validate(doc, "1.31", strict=True)
+    (daemon,), (init,) = doc["spec"]["containers"], doc["spec"]["initContainers"]
+    args = daemon["args"]
+    assert args[args.index("--discover-from") + 1] == "/etc/kubernetes/kubelet.conf"
+    assert args[args.index("--state-dir") + 1] == "/var/lib/lvscare"
+    mounts = {m["mountPath"]: m.get("readOnly", False) for m in daemon["volumeMounts"]}
+    assert mounts["/etc/kubernetes/kubelet.conf"] and mounts["/var/lib/kubelet/pki"]
+    assert mounts["/var/lib/lvscare"] is False  # the state file is written
+    assert not {"/etc/kubernetes/kubelet.conf", "/var/lib/lvscare"} & {
+        m["mountPath"] for m in init["volumeMounts"]}  # --run-once does not discover
+    types = {v["hostPath"]["path"]: v["hostPath"]["type"] for v in doc["spec"]["volumes"]}
+    assert types["/var/lib/lvscare"] == "DirectoryOrCreate" and types["/var/lib/kubelet/pki"] == "Directory"
+    # Off by default; asked for with a pflag boolean, as the other flags of the command.
+    plain = staticpod.manifest(staticpod.StaticPod(masters=MASTERS))
+    assert "--discover-from" not in plain["spec"]["containers"][0]["args"]
+    assert main(["static-pod", "--masters", ",".join(MASTERS), "--discover=true", "--path", str(tmp_path)]) == 0
+    assert "--discover-from" in (tmp_path / "kube-sealos-lvscare.yaml").read_text()
+
+
+def test_discovery_paths_through_options_are_refused_with_the_way(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["static-pod", "--masters", "10.0.0.1", "--print",
+                 "--options=--discover-from=/etc/kubernetes/kubelet.conf"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "names a file on the node, which the pod does not mount; use --discover" in err

@@ -33,6 +33,12 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 - --rs
 - {{ . | quote }}
 {{- end }}
+{{- if .Values.discover }}
+- --discover-from
+- /etc/kubernetes/kubelet.conf
+- --state-dir
+- /var/lib/lvscare
+{{- end }}
 - --mode
 - {{ .Values.mode | quote }}
 - --health-timeout
@@ -87,5 +93,37 @@ app.kubernetes.io/instance: {{ .Release.Name }}
   mountPath: {{ . | quote }}
   readOnly: true
 {{- end }}
+{{- end }}
+{{- end -}}
+
+
+{{- /* Discovery: the kubelet's kubeconfig and certificates (read-only), the state directory. */ -}}
+{{- define "lvscare.discoveryVolumes" -}}
+{{- if .Values.discover }}
+- name: kubelet-conf
+  hostPath:
+    path: /etc/kubernetes/kubelet.conf
+    type: File
+- name: kubelet-pki
+  hostPath:
+    path: /var/lib/kubelet/pki
+    type: Directory
+- name: lvscare-state
+  hostPath:
+    path: /var/lib/lvscare
+    type: DirectoryOrCreate
+{{- end }}
+{{- end -}}
+
+{{- define "lvscare.discoveryMounts" -}}
+{{- if .Values.discover }}
+- name: kubelet-conf
+  mountPath: /etc/kubernetes/kubelet.conf
+  readOnly: true
+- name: kubelet-pki
+  mountPath: /var/lib/kubelet/pki
+  readOnly: true
+- name: lvscare-state
+  mountPath: /var/lib/lvscare
 {{- end }}
 {{- end -}}
