@@ -34,7 +34,7 @@ def join(lab: object, master: str, nodes: list[str], parallel: int) -> tuple[flo
         args += ["--node", n]
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.monotonic()
-    p = subprocess.run([sys.executable, "-m", "installer", *args], capture_output=True, text=True,
+    p = subprocess.run([sys.executable, "-m", "lvscare_installer", *args], capture_output=True, text=True,
                        timeout=1200)
     took = time.monotonic() - start
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -46,7 +46,7 @@ def join(lab: object, master: str, nodes: list[str], parallel: int) -> tuple[flo
 def run(nodes: int, parallel: int, repeat: int) -> None:
     from lvscare_rig import sshnodes
 
-    from installer import bundle
+    from lvscare_installer import bundle
 
     # The zipapp is built once and cached (as for an operator's second run); neither figure pays it.
     t = time.monotonic()

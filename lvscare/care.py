@@ -7,12 +7,11 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-import structlog
-
 from lvscare.config import Config
 from lvscare.effects import IpvsTable, VipAccess
 from lvscare.errors import KernelError
 from lvscare.ipvs import IPVS
+from lvscare.log import get_logger
 from lvscare.plan import (
     Op,
     ServiceKey,
@@ -27,7 +26,7 @@ from lvscare.plan import (
 from lvscare.tls import check_certificates
 from lvscare.vip import Access, ensure_sysctls
 
-log = structlog.get_logger("lvscare")
+log = get_logger("lvscare")
 
 ATTEMPTS = 3
 

@@ -11,8 +11,6 @@ import platform
 import sys
 from collections.abc import Callable, Sequence
 
-import structlog
-
 from lvscare import __version__, log
 from lvscare.careflags import Parser, RaisingParser, add_care_flags, care_values, load_config
 from lvscare.config import DEFAULT_METRICS_ADDRESS, DEFAULT_VS, one_line, parse_bool, split_list
@@ -175,6 +173,10 @@ def sealctl_argv(argv: list[str]) -> list[str]:
     return out
 
 
+def _in_bundle() -> bool:
+    return ".pyz" in (__file__ or "")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = make_parser()
     argv = sealctl_argv(list(sys.argv[1:] if argv is None else argv))
@@ -184,11 +186,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(exc.code or 0)
     try:
         return COMMANDS[args.command](args)
+    except ImportError:
+        if not _in_bundle():
+            raise
+        # The node bundle (installer bundle) carries what runs before a node joins, no more.
+        print(f"lvscare {args.command}: not in this node bundle, which runs `care --run-once` and "
+              "`care -C` only; use the image or `pip install lvscare`", file=sys.stderr)
+        return 2
     except UserError as exc:
         print(f"lvscare: error: {one_line(str(exc))}", file=sys.stderr)
         return exc.exit_code
     except KernelError as exc:
-        structlog.get_logger("lvscare").error("failed", error=str(exc))
+        log.get_logger().error("failed", error=str(exc))
         return exc.exit_code
     except RuntimeFailure as exc:
         print(f"lvscare: error: {one_line(str(exc))}", file=sys.stderr)

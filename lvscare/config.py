@@ -7,6 +7,7 @@ user input runs here, so that a bad value stops the program before anything in t
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import math
 import re
@@ -14,13 +15,12 @@ import reprlib
 import socket
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, Literal
-
-import yaml
+from typing import Any, Literal, Union
 
 from lvscare.errors import UserError
 
-IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+# typing.Union: a runtime alias, evaluated by the nodes' python3 >= 3.9 too.
+IPAddress = Union[ipaddress.IPv4Address, ipaddress.IPv6Address]
 
 SCHEDULERS = ("rr", "wrr", "lc", "wlc", "lblc", "lblcr", "dh", "sh", "sed", "nq", "fo", "ovf", "mh")
 MODES = ("route", "link", "none")
@@ -176,9 +176,9 @@ def parse_duration(value: object, name: str = "duration", low: float = 0.0,
                    high: float = 86400.0) -> float:
     """Seconds from ``5``, ``5s``, ``500ms``, ``1m30s`` (a bare number means seconds, as in Go
     lvscare), within ``low``..``high``."""
-    if isinstance(value, bool) or not isinstance(value, str | int | float):
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
         raise UserError(f"{name}: {show(value)} {_DURATION_HINT}")
-    if isinstance(value, int | float):
+    if isinstance(value, (int, float)):
         seconds = float(value)
     else:
         text = value.strip()
@@ -271,11 +271,11 @@ def parse_endpoint(value: object, name: str = "address") -> Endpoint:
 def split_list(values: object, name: str = "list") -> list[str]:
     """Repeatable flags also take comma-separated values, as Go's string slices do."""
     items = [values] if isinstance(values, str) else values
-    if not isinstance(items, list | tuple):
+    if not isinstance(items, (list, tuple)):
         raise UserError(f"{name}: {show(values)} is not a list")
     out = []
     for item in items:
-        if not isinstance(item, str | int) or isinstance(item, bool):
+        if not isinstance(item, (str, int)) or isinstance(item, bool):
             raise UserError(f"{name}: {show(item)} is not text")
         out += [part.strip() for part in str(item).split(",") if part.strip()]
     return out
@@ -292,7 +292,7 @@ def parse_headers(values: object, name: str) -> tuple[tuple[str, str], ...]:
         pairs = [(k, v) for k, v in values.items()]
     else:
         items = [values] if isinstance(values, str) else values
-        if not isinstance(items, list | tuple):
+        if not isinstance(items, (list, tuple)):
             raise UserError(f"{name}: {show(values)} is not key=value pairs")
         for item in items:
             for part in re.split(r",(?=[^,=]+=)", _text(item, name, "key=value")):
@@ -303,7 +303,7 @@ def parse_headers(values: object, name: str) -> tuple[tuple[str, str], ...]:
     for key, val in pairs:
         if not isinstance(key, str) or not _TOKEN.fullmatch(key):
             raise UserError(f"{name}: {show(key)} is not a header name")
-        if not isinstance(val, str | int) or isinstance(val, bool):
+        if not isinstance(val, (str, int)) or isinstance(val, bool):
             raise UserError(f"{name}: header {key}: {show(val)} is not text")
         _text(str(val), f"{name}: header {key}")
     return tuple((k, str(v)) for k, v in pairs)
@@ -311,7 +311,7 @@ def parse_headers(values: object, name: str) -> tuple[tuple[str, str], ...]:
 
 def parse_status_codes(values: object, name: str) -> frozenset[int]:
     codes: set[int] = set()
-    for raw in split_list(values if isinstance(values, list | tuple) else [values], name):
+    for raw in split_list(values if isinstance(values, (list, tuple)) else [values], name):
         if not _digits(raw):
             raise UserError(f"{name}: {show(raw)} is not an HTTP status code")
         code = int(raw)
@@ -504,29 +504,40 @@ _TOP_KEYS = (
 )
 
 
-class _Loader(yaml.SafeLoader):
-    """Safe YAML without aliases: a configuration needs none, and an alias bomb is the only
-    way for a small file to expand into gigabytes."""
+@functools.cache
+def _loader() -> type:
+    """Safe YAML without aliases: a configuration needs none, and an alias bomb is the only way
+    for a small file to expand into gigabytes. Built at the first file: PyYAML is needed only
+    with ``--config`` (the node bundle carries the standard library only)."""
+    import yaml
 
-    MAX_DEPTH = 32  # a configuration is four levels deep; the composer recurses per level
-    _depth = 0
+    class Loader(yaml.SafeLoader):
+        MAX_DEPTH = 32  # a configuration is four levels deep; the composer recurses per level
+        _depth = 0
 
-    def compose_node(self, parent: Any, index: Any) -> Any:
-        if self.check_event(yaml.AliasEvent) or self._depth >= self.MAX_DEPTH:
-            event = self.peek_event()  # type: ignore[no-untyped-call]
-            problem = ("aliases (*name) are not allowed" if self.check_event(yaml.AliasEvent)
-                       else f"nested more than {self.MAX_DEPTH} levels deep")
-            raise yaml.composer.ComposerError(None, None, problem, event.start_mark)
-        self._depth += 1
-        try:
-            return super().compose_node(parent, index)
-        finally:
-            self._depth -= 1
+        def compose_node(self, parent: Any, index: Any) -> Any:
+            if self.check_event(yaml.AliasEvent) or self._depth >= self.MAX_DEPTH:
+                event = self.peek_event()  # type: ignore[no-untyped-call]
+                problem = ("aliases (*name) are not allowed" if self.check_event(yaml.AliasEvent)
+                           else f"nested more than {self.MAX_DEPTH} levels deep")
+                raise yaml.composer.ComposerError(None, None, problem, event.start_mark)
+            self._depth += 1
+            try:
+                return super().compose_node(parent, index)
+            finally:
+                self._depth -= 1
+
+    return Loader
 
 
 def load_yaml(text: str, source: str) -> dict[str, Any]:
     try:
-        data = yaml.load(text, Loader=_Loader)  # a SafeLoader
+        import yaml
+    except ImportError:
+        raise UserError(f"{source}: reading a YAML file needs PyYAML (apt-get install python3-yaml); "
+                        "flags and CARE_* variables do not") from None
+    try:
+        data = yaml.load(text, Loader=_loader())  # a SafeLoader
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark is not None else ""

@@ -25,8 +25,6 @@ import time
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
-import structlog
-
 from lvscare import log as logsetup
 from lvscare.care import reconcile, reconcile_observed, remove_all
 from lvscare.config import Config, Endpoint, RsKey, VirtualServer
@@ -34,6 +32,7 @@ from lvscare.core import Core, Event
 from lvscare.effects import VipAccess, World
 from lvscare.errors import KernelError, RuntimeFailure, UserError
 from lvscare.health import ProbeResult, State
+from lvscare.log import get_logger
 from lvscare.members import apply_members, seed_weights
 from lvscare.metrics import Metrics
 from lvscare.plan import DelDest, Op, op_key, service_key
@@ -44,7 +43,7 @@ if TYPE_CHECKING:
     from lvscare.discovery import Discovery
     from lvscare.web import WebServer
 
-log = structlog.get_logger("lvscare")
+log = get_logger("lvscare")
 
 # A first failure is confirmed this much sooner than the next regular probe.
 CONFIRM_FRACTION = 0.25

@@ -24,14 +24,13 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
-import structlog
-
 from lvscare.config import Config, Endpoint
 from lvscare.errors import UserError
 from lvscare.kubeconfig import KubeConfig
+from lvscare.log import get_logger
 from lvscare.members import State, Unusable, decode_state, encode_state, parse_endpoints
 
-log = structlog.get_logger("lvscare")
+log = get_logger("lvscare")
 
 PATH = "/api/v1/namespaces/default/endpoints/kubernetes"
 MAX_BODY = 1 << 20

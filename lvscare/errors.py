@@ -1,5 +1,7 @@
 """The kinds of failure a user sees: bad input (exit 2), and everything else (exit 1)."""
 
+from __future__ import annotations
+
 
 class UserError(Exception):
     """Bad input: flags, environment, YAML, addresses. Exit code 2, nothing in the kernel changed."""

@@ -27,13 +27,12 @@ import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
-import structlog
-
 from lvscare import rtnl
 from lvscare.config import IPAddress, VirtualServer
+from lvscare.log import get_logger
 from lvscare.netlink import NetlinkError, Socket
 
-log = structlog.get_logger("lvscare.vip")
+log = get_logger("lvscare.vip")
 
 GO_SET = "VIRTUAL-IP"
 GO_CHAINS = ("VIRTUAL-SERVICES", "VIRTUAL-POSTROUTING", "VIRTUAL-MARK-MASQ")

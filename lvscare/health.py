@@ -22,19 +22,29 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
-from enum import StrEnum
+from enum import Enum
 
 from lvscare.config import Endpoint, RsKey, VirtualServer
 
 
-class State(StrEnum):
+class _Text(str, Enum):
+    """enum.StrEnum (3.11) for the nodes' python3 >= 3.9: compares and prints as its value."""
+
+    def __str__(self) -> str:
+        return str(self.value)
+
+    def __format__(self, spec: str) -> str:
+        return str(self.value).__format__(spec)
+
+
+class State(_Text):
     HEALTHY = "healthy"
     FAILING = "failing"
     DOWN = "down"
     RECOVERING = "recovering"
 
 
-class Outcome(StrEnum):
+class Outcome(_Text):
     OK = "ok"
     REFUSED = "refused"
     RESET = "reset"

@@ -143,17 +143,16 @@ def _dest_nlas(endpoint: Endpoint, dest: Dest | None) -> bytes:
 
 def op_request(op: Op) -> tuple[int, bytes, int]:
     cmd, flags = _FLAGS[type(op)]
-    match op:
-        case AddService(s) | SetService(s):
-            body = nla(_CMD_ATTR_SERVICE, _service_nlas(s))
-        case DelService(key):
-            body = nla(_CMD_ATTR_SERVICE, _service_key_nlas(key))
-        case AddDest(key, d) | SetDest(key, d):
-            body = (nla(_CMD_ATTR_SERVICE, _service_key_nlas(key))
-                    + nla(_CMD_ATTR_DEST, _dest_nlas(d.endpoint, d)))
-        case DelDest(key, endpoint):
-            body = (nla(_CMD_ATTR_SERVICE, _service_key_nlas(key))
-                    + nla(_CMD_ATTR_DEST, _dest_nlas(endpoint, None)))
+    if isinstance(op, (AddService, SetService)):
+        body = nla(_CMD_ATTR_SERVICE, _service_nlas(op.service))
+    elif isinstance(op, DelService):
+        body = nla(_CMD_ATTR_SERVICE, _service_key_nlas(op.key))
+    elif isinstance(op, (AddDest, SetDest)):
+        body = (nla(_CMD_ATTR_SERVICE, _service_key_nlas(op.key))
+                + nla(_CMD_ATTR_DEST, _dest_nlas(op.dest.endpoint, op.dest)))
+    else:
+        body = (nla(_CMD_ATTR_SERVICE, _service_key_nlas(op.key))
+                + nla(_CMD_ATTR_DEST, _dest_nlas(op.endpoint, None)))
     return cmd, body, flags
 
 
@@ -271,7 +270,7 @@ class IPVS:
             replies = await self._exchange(
                 [(IPVS_CMD_GET_SERVICE, nla(_CMD_ATTR_SERVICE, _service_key_nlas(k)), _REQ)
                  for k in chunk])
-            for key, (payloads, code) in zip(chunk, replies, strict=True):
+            for key, (payloads, code) in zip(chunk, replies):
                 if code in (errno_mod.ESRCH, errno_mod.ENOENT):
                     continue
                 if code:
@@ -302,7 +301,7 @@ class IPVS:
         for start in range(0, len(ops), BATCH):
             chunk = ops[start:start + BATCH]
             replies = await self._exchange([op_request(op) for op in chunk])
-            for op, (_, code) in zip(chunk, replies, strict=True):
+            for op, (_, code) in zip(chunk, replies):
                 if code:
                     result.failed.append(OpError(op, code))
                 else:

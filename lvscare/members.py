@@ -14,9 +14,9 @@ The rules:
 
 from __future__ import annotations
 
+import datetime
 import ipaddress
 import json
-import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
@@ -113,7 +113,8 @@ def encode_state(state: State) -> bytes:
     return (json.dumps({
         "version": STATE_VERSION, "cluster": state.cluster, "server": state.server,
         "readAt": state.read_at,
-        "readAtText": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(state.read_at)),
+        "readAtText": datetime.datetime.fromtimestamp(state.read_at, datetime.timezone.utc)
+        .strftime("%Y-%m-%dT%H:%M:%SZ"),
         "members": [str(m) for m in state.members]}, indent=2) + "\n").encode()
 
 

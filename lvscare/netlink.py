@@ -115,29 +115,34 @@ class Socket:
             replies: list[list[bytes]] = [[] for _ in messages]
             codes: list[int | None] = [None] * len(messages)
             pending = len(messages)
+
+            async def transfer() -> None:
+                nonlocal pending
+                await loop.sock_sendall(sock, data)
+                while pending:
+                    chunk = await loop.sock_recv(sock, 1 << 17)
+                    offset = 0
+                    while offset + 16 <= len(chunk):
+                        length, kind, _, seq, _ = struct.unpack_from("=IHHII", chunk, offset)
+                        if length < 16:
+                            break
+                        index = seq - first
+                        if 0 <= index < len(messages) and codes[index] is None:
+                            if kind in (NLMSG_ERROR, NLMSG_DONE):
+                                code = (-struct.unpack_from("=i", chunk, offset + 16)[0]
+                                        if length >= 20 else 0)
+                                codes[index] = code
+                                pending -= 1
+                            else:
+                                replies[index].append(chunk[offset + 16:offset + length])
+                        offset += (length + 3) & ~3
+
             try:
-                async with asyncio.timeout(TIMEOUT):
-                    await loop.sock_sendall(sock, data)
-                    while pending:
-                        chunk = await loop.sock_recv(sock, 1 << 17)
-                        offset = 0
-                        while offset + 16 <= len(chunk):
-                            length, kind, _, seq, _ = struct.unpack_from("=IHHII", chunk, offset)
-                            if length < 16:
-                                break
-                            index = seq - first
-                            if 0 <= index < len(messages) and codes[index] is None:
-                                if kind in (NLMSG_ERROR, NLMSG_DONE):
-                                    code = (-struct.unpack_from("=i", chunk, offset + 16)[0]
-                                            if length >= 20 else 0)
-                                    codes[index] = code
-                                    pending -= 1
-                                else:
-                                    replies[index].append(chunk[offset + 16:offset + length])
-                            offset += (length + 3) & ~3
-            except TimeoutError:
+                # asyncio.wait_for, not asyncio.timeout (3.11): this runs on nodes' python3 >= 3.9.
+                await asyncio.wait_for(transfer(), TIMEOUT)
+            except asyncio.TimeoutError:
                 raise NetlinkError(errno_mod.ETIMEDOUT, "netlink did not answer in time") from None
-        return [(r, c or 0) for r, c in zip(replies, codes, strict=True)]
+        return [(r, c or 0) for r, c in zip(replies, codes)]
 
     async def request(self, msg_type: int, flags: int, payload: bytes) -> list[bytes]:
         """One request; its replies, or NetlinkError with the kernel's errno."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 import socket
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import Union
 
 from lvscare.config import Endpoint, RsKey, VirtualServer
 
@@ -87,27 +88,27 @@ class DelDest:
     endpoint: Endpoint
 
 
-Op = AddService | SetService | DelService | AddDest | SetDest | DelDest
+# typing.Union: a runtime alias, evaluated by the nodes' python3 >= 3.9 too.
+Op = Union[AddService, SetService, DelService, AddDest, SetDest, DelDest]
 
 
 def op_key(op: Op) -> ServiceKey:
     """The virtual server an operation touches."""
-    return op.service.key if isinstance(op, AddService | SetService) else op.key
+    return op.service.key if isinstance(op, (AddService, SetService)) else op.key
 
 
 def describe_op(op: Op) -> str:
     """An operation in words, for logs and errors."""
-    match op:
-        case AddService(s) | SetService(s):
-            verb = "add" if isinstance(op, AddService) else "update"
-            return f"{verb} virtual server {s.key} ({s.scheduler})"
-        case DelService(key):
-            return f"delete virtual server {key}"
-        case AddDest(key, d) | SetDest(key, d):
-            verb = "add" if isinstance(op, AddDest) else "set"
-            return f"{verb} real server {d.endpoint} weight {d.weight} on {key}"
-        case DelDest(key, endpoint):
-            return f"delete real server {endpoint} from {key}"
+    if isinstance(op, (AddService, SetService)):
+        verb = "add" if isinstance(op, AddService) else "update"
+        return f"{verb} virtual server {op.service.key} ({op.service.scheduler})"
+    if isinstance(op, DelService):
+        return f"delete virtual server {op.key}"
+    if isinstance(op, (AddDest, SetDest)):
+        verb = "add" if isinstance(op, AddDest) else "set"
+        return f"{verb} real server {op.dest.endpoint} weight {op.dest.weight} on {op.key}"
+    if isinstance(op, DelDest):
+        return f"delete real server {op.endpoint} from {op.key}"
     raise AssertionError(op)
 
 

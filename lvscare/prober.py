@@ -28,17 +28,16 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-import structlog
-
 from lvscare.config import Endpoint, HealthCheck
 from lvscare.h2conn import Answer, H2Connection, NotH2
 from lvscare.health import Outcome, ProbeResult
+from lvscare.log import get_logger
 from lvscare.tls import build_ssl_context
 
 if TYPE_CHECKING:
     import aiohttp
 
-log = structlog.get_logger("lvscare")
+log = get_logger("lvscare")
 
 
 def _consume(fut: asyncio.Future[None]) -> None:

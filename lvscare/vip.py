@@ -24,14 +24,13 @@ import subprocess
 from collections.abc import Sequence
 from pathlib import Path
 
-import structlog
-
 from lvscare import goleftovers, rtnl
 from lvscare.config import DEFAULT_IFACE, IPAddress, VirtualServer
 from lvscare.errors import KernelError
+from lvscare.log import get_logger
 from lvscare.netlink import NetlinkError, Socket
 
-log = structlog.get_logger("lvscare.vip")
+log = get_logger("lvscare.vip")
 
 RTPROT_LVSCARE = 76  # unassigned in iproute2's rt_protos; marks routes that are ours
 NAT_CHAIN = "LVSCARE-POSTROUTING"

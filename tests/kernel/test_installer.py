@@ -24,7 +24,7 @@ TOKEN = "abcdef.0123456789abcdef"
 
 
 def installer(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "installer", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "lvscare_installer", *args], capture_output=True, text=True,
                           timeout=600, env=env)
 
 

@@ -262,7 +262,7 @@ INSTALLER_FLAGS = ["--node", "--master", "--vip", "--port", "--user", "--paralle
 @PER_SURFACE
 @given(flag=st.sampled_from(INSTALLER_FLAGS), value=hostile)
 def test_installer_join(flag: str, value: str) -> None:
-    from installer import cli as installer_cli
+    from lvscare_installer import cli as installer_cli
 
     argv = ["join", "--master", "10.0.0.2", "--node", "10.0.0.5", "--dry-run", f"{flag}={value}"]
     code, err = invoke(installer_cli.main, argv)

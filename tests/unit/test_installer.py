@@ -13,9 +13,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from installer import hosts
-from installer.bundle import build
-from installer.plan import Plan, kubeadm_api_version, parse_join_command
+from lvscare_installer import hosts
+from lvscare_installer.bundle import NODE_MODULES, build
+from lvscare_installer.plan import Plan, kubeadm_api_version, parse_join_command
 
 HASH = "sha256:" + "ab" * 32
 JOIN = f"kubeadm join 10.0.0.2:6443 --token abcdef.0123456789abcdef --discovery-token-ca-cert-hash {HASH} \n"
@@ -94,8 +94,8 @@ def test_join_configuration_labels_the_node_as_a_static_pod_node(version: str) -
     """kubeadm's own shape for kubelet flags: a map in v1beta3, a list of name/value in v1beta4."""
     import yaml
 
-    from installer.plan import join_configuration
     from lvscare.config import STATIC_POD_LABEL
+    from lvscare_installer.plan import join_configuration
 
     plan = Plan(masters=("10.0.0.2",), nodes=("10.0.0.9",), user="root")
     token = parse_join_command("kubeadm join 10.0.0.2:6443 --token abcdef.0123456789abcdef "
@@ -141,8 +141,8 @@ def test_the_rules_before_join_are_the_rules_of_the_pod_after_it(options: tuple[
 
     import yaml
 
-    from installer import steps
     from lvscare import staticpod
+    from lvscare_installer import steps
 
     plan = Plan(masters=("10.0.0.2", "10.0.0.3"), nodes=("n1",), user="root", options=options)
     manifest = staticpod.render(staticpod.StaticPod(vip=plan.vs, masters=tuple(plan.real_servers),
@@ -162,7 +162,7 @@ def test_the_rules_before_join_are_the_rules_of_the_pod_after_it(options: tuple[
 
 
 def run(*args: str, **kw: object) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "installer", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "lvscare_installer", *args], capture_output=True, text=True,
                           timeout=60, **kw)  # type: ignore[call-overload]
 
 
@@ -236,16 +236,12 @@ def test_passwd_on_the_command_line_warns_and_never_echoes(tmp_path: Path) -> No
 
 def test_bundle_runs_on_a_bare_python_with_pure_python_dependencies(tmp_path: Path) -> None:
     b = build(tmp_path)
-    assert b.size < 5_000_000
+    assert b.size < 300_000
     names = zipfile.ZipFile(b.path).namelist()
-    assert not [n for n in names if n.endswith(".so")]
-    assert "lvscare/cli.pyc" in names and "aiohttp/__init__.pyc" in names
-    assert not [n for n in names
-                if n.startswith(("pyroute2", "fabric", "paramiko", "pytest", "prometheus_client"))]
-    # What runs on a node, and no test rig: no lab, no test kernel, no demo.
-    rig = [n for n in names if n.startswith(("lvscare_rig", "lvscare/lab", "tests"))
-           or n.split("/")[-1].split(".")[0] in ("testkernel", "demo", "topology", "sshnodes")]
-    assert rig == [] and "lvscare/daemon.pyc" in names
+    # What runs on a node before it joins, and nothing else: no third-party package, no daemon,
+    # no test rig.
+    assert sorted(n for n in names if n.endswith(".py")) == sorted(
+        ["__main__.py", *(f"lvscare/{m}.py" for m in NODE_MODULES)])
     again = build(tmp_path / "again")
     assert again.sha256 == b.sha256 and again.path != b.path  # reproducible: reruns skip the upload
     assert build(tmp_path).path == b.path  # cached
@@ -255,15 +251,57 @@ def test_bundle_runs_on_a_bare_python_with_pure_python_dependencies(tmp_path: Pa
     b.path.write_bytes(good.replace(b"lvscare", b"evilcare", 1))
     rebuilt = build(tmp_path)
     assert rebuilt.sha256 == b.sha256 and rebuilt.path.read_bytes() == good
-    # -I: no site-packages, no user site, no PYTHONPATH; everything must come from the zip.
-    v = subprocess.run([sys.executable, "-I", str(b.path), "version", "--short"], capture_output=True,
-                       text=True, check=True)
+    # -I -S: no site-packages at all; everything but the standard library must come from the zip.
+    v = subprocess.run([sys.executable, "-I", "-S", str(b.path), "version", "--short"],
+                       capture_output=True, text=True, check=True)
     assert v.stdout.startswith("v")
-    probe = ("import sys; sys.path.insert(0, sys.argv[1]); import aiohttp, yarl, multidict, yaml, "
-             "structlog, prometheus_client; print(aiohttp.__file__, yarl.__file__)")
-    out = subprocess.run([sys.executable, "-I", "-c", probe, str(b.path)], capture_output=True, text=True,
-                         check=True).stdout
-    assert out.count(str(b.path)) == 2
+    bad = subprocess.run([sys.executable, "-I", "-S", str(b.path), "care", "--run-once", "--vs",
+                          "10.103.97.2:6443", "--rs", "nonsense"], capture_output=True, text=True)
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "--rs" in bad.stderr
+    other = subprocess.run([sys.executable, "-I", "-S", str(b.path), "status"], capture_output=True,
+                           text=True)
+    assert other.returncode == 2 and "not in this node bundle" in other.stderr
+    assert "Traceback" not in other.stderr
+
+
+def test_the_node_modules_stay_python_3_9_and_standard_library_only() -> None:
+    """Between kernel-test runs on Debian 11's python3.9: ruff's per-file target version names
+    exactly these modules, vermin finds nothing newer than 3.9, and nothing evaluates an
+    ``X | Y`` of types at run time (3.10) - the annotations are strings (PEP 563)."""
+    import ast
+    import tomllib
+
+    root = Path(__file__).resolve().parents[2]
+    pyproject = tomllib.loads((root / "pyproject.toml").read_text())
+    (pattern,) = pyproject["tool"]["ruff"]["per-file-target-version"]
+    listed = pattern.split("{")[1].split("}")[0].split(",")
+    assert sorted(listed) == sorted(NODE_MODULES)
+    paths = [root / "lvscare" / f"{m}.py" for m in NODE_MODULES]
+    vermin = Path(sys.executable).with_name("vermin")
+    out = subprocess.run([str(vermin), "-t=3.9-", "--violations", "--no-tips", *map(str, paths)],
+                         capture_output=True, text=True)
+    assert out.returncode == 0, out.stdout
+    stdlib = sys.stdlib_module_names
+    for path in paths:
+        tree = ast.parse(path.read_text())
+        source = path.read_text()
+        if path.stem not in ("__init__", "__main__"):
+            assert "from __future__ import annotations" in source, path
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Call) and getattr(node.func, "id", "") in ("isinstance", "issubclass"):
+                assert not isinstance(node.args[1], ast.BinOp), f"{path.name}:{node.lineno}"
+            if isinstance(node, (ast.Import, ast.ImportFrom)) and node.col_offset == 0:
+                names = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""]
+                for name in names:
+                    top = name.split(".")[0]
+                    assert top in stdlib or top in ("lvscare", "__future__") or (
+                        path.stem == "log" and top == "structlog"), f"{path.name} imports {name}"
+        for node in tree.body:  # module-level aliases are evaluated at import
+            if isinstance(node, ast.Assign) and isinstance(node.value, ast.BinOp) and isinstance(
+                    node.value.op, ast.BitOr):
+                left = node.value.left
+                assert not (isinstance(left, ast.Attribute) and left.attr[:1].isupper()), \
+                    f"{path.name}:{node.lineno}"
 
 
 # Each would create the file PWNED with the shell's own redirection (no command needed) if it
@@ -281,10 +319,10 @@ def test_no_field_can_change_the_structure_of_a_remote_command(hostile: str, tmp
 
     import yaml
 
-    from installer import steps
-    from installer.plan import Paths
-    from installer.remote import Auth, Remote
     from lvscare import staticpod
+    from lvscare_installer import steps
+    from lvscare_installer.plan import Paths
+    from lvscare_installer.remote import Auth, Remote
 
     root = tmp_path / "node"
     root.mkdir()
@@ -376,9 +414,9 @@ def test_secrets_are_redacted_from_node_errors() -> None:
     password (a failing sudo), and `kubeadm join` failing with the join token in its output."""
     from types import SimpleNamespace
 
-    from installer.plan import JoinToken, redact
-    from installer.remote import Auth, Remote, RemoteError
-    from installer.steps import Inputs, step_join
+    from lvscare_installer.plan import JoinToken, redact
+    from lvscare_installer.remote import Auth, Remote, RemoteError
+    from lvscare_installer.steps import Inputs, step_join
 
     assert redact("a hunter2 b hunter2", ["hunter2", ""]) == "a *** b ***"
     auth = Auth(user="root", password="hunter2-secret", key_file=None, known_hosts="/nonexistent",
@@ -409,12 +447,12 @@ def test_secrets_are_redacted_from_node_errors() -> None:
 
 
 def test_dry_run_plan_says_what_each_step_will_do() -> None:
-    from installer.plan import describe
+    from lvscare_installer.plan import describe
 
     plan = Plan(masters=("10.0.0.2", "10.0.0.3"), nodes=("n1",), user="ops")
     lines = describe(plan, "n1")
     assert lines == [
-        "preflight: ssh ops@n1, root or sudo, python3 >= 3.11, ip_vs loadable, kubeadm on PATH",
+        "preflight: ssh ops@n1, root or sudo, python3 >= 3.9, ip_vs loadable, kubeadm on PATH",
         "package: none given",
         "lvscare: install the self-contained lvscare zipapp at /usr/local/bin/lvscare",
         "rules: /usr/local/bin/lvscare care --vs 10.103.97.2:6443 --health-path /readyz "
@@ -430,7 +468,7 @@ def test_dry_run_plan_says_what_each_step_will_do() -> None:
 
 
 def test_result_table() -> None:
-    from installer.plan import NodeResult, table
+    from lvscare_installer.plan import NodeResult, table
 
     ok = NodeResult("node-one", {"preflight": "done", "hosts": "ok", "join": "done"}, seconds=12.34)
     done = NodeResult("n2", {"preflight": "done"}, seconds=1.0)
@@ -447,7 +485,7 @@ def test_result_table() -> None:
 def test_join_configuration_is_the_whole_document() -> None:
     import yaml
 
-    from installer.plan import JoinToken, join_configuration
+    from lvscare_installer.plan import JoinToken, join_configuration
 
     plan = Plan(masters=("10.0.0.2",), nodes=("n1",), user="root", port=6444)
     token = JoinToken("abcdef.0123456789abcdef", ("sha256:" + "a" * 64, "sha256:" + "b" * 64))
@@ -501,7 +539,7 @@ def test_hosts_markers_are_whole_lines_and_comments_are_not_mappings() -> None:
 
 
 def test_result_table_lists_every_step_not_done() -> None:
-    from installer.plan import NodeResult, table
+    from lvscare_installer.plan import NodeResult, table
 
     r = NodeResult("n1", {"preflight": "ok", "lvscare": "done", "join": "skipped"}, seconds=1.0)
     assert table([r]).splitlines()[1].endswith("preflight ok, join skipped")

@@ -69,6 +69,21 @@ def test_the_dockerfile_install_steps_give_a_working_lvscare(tmp_path: Path) -> 
     assert not [f for f in files if f.startswith(("lvscare_rig", "lvscare/lab", "tests/"))
                 or f.endswith(("/testkernel.py", "/demo.py"))], files
     assert run([lvscare, "demo"], check=False).returncode == 2  # says where the demo runs from
+    # The installer's import name is its own: PyPA's `installer` (pip tooling) can sit beside it.
+    assert "lvscare_installer/cli.py" in files and not [f for f in files if f.startswith("installer/")]
+    run([pip, "install", "--no-cache-dir", "--no-deps", "installer"])
+    both = run([str(env_dir / "bin" / "python"), "-c",
+                "import installer, installer.sources, lvscare_installer.cli; "
+                "print(installer.__file__, lvscare_installer.cli.__file__)"]).stdout.split()
+    assert "/installer/" in both[0] and "/lvscare_installer/" in both[1]
+    # Without the installer extra, join says how to get it in one line; bundle needs no SSH.
+    command = str(env_dir / "bin" / "installer")
+    join = run([command, "join", "--master", "10.0.0.2", "--node", "n1", "--pk", "/nonexistent"],
+               check=False)
+    assert join.returncode == 2 and join.stderr.count("\n") == 1, join.stderr
+    assert "pip install 'lvscare[installer]'" in join.stderr and "Traceback" not in join.stderr
+    made = run([command, "bundle", "-o", str(tmp_path / "node.pyz")])
+    assert "wrote" in made.stdout and (tmp_path / "node.pyz").stat().st_size < 300_000
 
 
 # The process a container of this image gets, by the rules of Kubernetes and the OCI runtimes:

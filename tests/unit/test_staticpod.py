@@ -197,7 +197,8 @@ def test_discover_mounts_the_kubelets_identity_read_only_and_passes_the_flags(tm
     # Off by default; asked for with a pflag boolean, as the other flags of the command.
     plain = staticpod.manifest(staticpod.StaticPod(masters=MASTERS))
     assert "--discover-from" not in plain["spec"]["containers"][0]["args"]
-    assert main(["static-pod", "--masters", ",".join(MASTERS), "--discover=true", "--path", str(tmp_path)]) == 0
+    assert main(["static-pod", "--masters", ",".join(MASTERS), "--discover=true",
+                 "--path", str(tmp_path)]) == 0
     assert "--discover-from" in (tmp_path / "kube-sealos-lvscare.yaml").read_text()
 
 

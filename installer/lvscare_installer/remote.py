@@ -19,7 +19,7 @@ import paramiko
 from fabric import Config, Connection
 from invoke.exceptions import CommandTimedOut
 
-from installer.plan import redact
+from lvscare_installer.plan import redact
 
 _known_hosts_lock = threading.Lock()
 

@@ -16,13 +16,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from installer.plan import Paths, Plan, describe, table
 from lvscare.careflags import Parser as _Parser  # one line, exit 2, no abbreviations
 from lvscare.config import DEFAULT_VIP
+from lvscare_installer.plan import Paths, Plan, describe, table
 
 if TYPE_CHECKING:
-    from installer.remote import Auth
-    from installer.steps import Progress
+    from lvscare_installer.remote import Auth
+    from lvscare_installer.steps import Progress
 
 PASSWORD_ENV = "LVSCARE_SSH_PASSWORD"
 
@@ -69,6 +69,9 @@ def make_parser() -> argparse.ArgumentParser:
                       help="the static pod follows the control plane's members (static-pod --discover)")
     clean = sub.add_parser("clean", help="undo join: kubeadm reset, manifest, hosts block, rules")
     _common(clean)
+    bundle = sub.add_parser("bundle", help="write the zipapp join uploads to each node, e.g. for "
+                                           "air-gapped nodes: python3 FILE care --run-once ...")
+    bundle.add_argument("-o", "--output", required=True, help="where to write it")
     return parser
 
 
@@ -100,8 +103,8 @@ _USER = re.compile(r"[a-z_][a-z0-9_.-]{0,31}")
 def _node(text: str) -> tuple[str, int]:
     """``host``, ``host:port`` or ``[v6]:port``, as (host, port); a user or anything that is not a
     host name or an address is refused."""
-    from installer.remote import split_host
     from lvscare.config import show
+    from lvscare_installer.remote import split_host
 
     if "@" in text:
         raise UsageError(f"--node: {show(text)}: give the user with --user, not user@host")
@@ -210,7 +213,7 @@ def _key(path: str | None) -> str | None:
 
 
 def build(args: argparse.Namespace) -> tuple[Plan, Auth]:
-    from installer.remote import Auth
+    from lvscare_installer.remote import Auth
 
     nodes = _nodes(args.node)
     masters: tuple[str, ...] = ()
@@ -273,7 +276,7 @@ def cmd_join(args: argparse.Namespace) -> int:
             for line in describe(plan, node):
                 print(f"  {line}")
         return 0
-    from installer import bundle, steps
+    from lvscare_installer import bundle, steps
 
     try:
         b = bundle.build()
@@ -287,13 +290,42 @@ def cmd_join(args: argparse.Namespace) -> int:
 
 
 def cmd_clean(args: argparse.Namespace) -> int:
-    from installer import steps
     from lvscare import staticpod
+    from lvscare_installer import steps
 
     plan, auth = build(args)
     results = steps.clean(plan, auth, args.name or staticpod.DEFAULT_NAME, _progress())
     print(table(results))
     return 0 if all(r.ok for r in results) else 1
+
+
+def cmd_bundle(args: argparse.Namespace) -> int:
+    import shutil
+    import tempfile
+
+    from lvscare_installer import bundle
+
+    out = Path(args.output)
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            b = bundle.build(Path(tmp))
+            shutil.copyfile(b.path, out)
+        out.chmod(0o755)
+    except OSError as exc:
+        raise UsageError(f"--output: cannot write {out}: {exc.strerror or exc}") from None
+    print(f"wrote {out} ({b.size} bytes, sha256 {b.sha256}); on a node: "
+          f"python3 {out.name} care --run-once --vs VIP:PORT --rs MASTER:PORT ...")
+    return 0
+
+
+def _needs_ssh(command: str) -> None:
+    """join and clean need fabric (the ``installer`` extra); say so in one line, not a traceback."""
+    try:
+        import fabric  # noqa: F401
+        import paramiko  # noqa: F401
+    except ImportError as exc:
+        raise UsageError(f"{command} needs the installer extra ({exc.name} is not installed): "
+                         "pip install 'lvscare[installer]'") from None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -306,6 +338,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as exc:
         return int(exc.code or 0)
     try:
+        if args.command == "bundle":
+            return cmd_bundle(args)
+        _needs_ssh(args.command)
         return cmd_join(args) if args.command == "join" else cmd_clean(args)
     except UsageError as exc:
         from lvscare.config import one_line

@@ -14,9 +14,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from installer import hosts
-from installer.bundle import Bundle
-from installer.plan import (
+from lvscare_installer import hosts
+from lvscare_installer.bundle import Bundle
+from lvscare_installer.plan import (
     JoinToken,
     NodeResult,
     Plan,
@@ -25,21 +25,22 @@ from installer.plan import (
     parse_join_command,
     redact,
 )
-from installer.remote import Auth, Remote, RemoteError
+from lvscare_installer.remote import Auth, Remote, RemoteError
 
 Progress = Callable[[str, str, str], None]
 q = shlex.quote
 
 _PREFLIGHT = """
 [ "$(id -u)" = 0 ] || exit 10
-command -v python3 >/dev/null || exit 11
-python3 -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else 1)' || exit 11
+command -v python3 >/dev/null || { echo none; exit 11; }
+python3 -c 'import sys; v = sys.version_info; print("%d.%d.%d" % v[:3]); sys.exit(v < (3, 9))' || exit 11
 [ -e /proc/net/ip_vs ] || modprobe ip_vs 2>/dev/null || [ -e /proc/net/ip_vs ] || exit 12
 command -v kubeadm >/dev/null || [ "$1" = pkg ] || exit 13
 """
 _PREFLIGHT_ERRORS = {
     10: "not root, and sudo did not make us root",
-    11: "python3 >= 3.11 is needed on the node to run lvscare",
+    11: "python3 {found} found; lvscare needs python3 >= 3.9 on the node before it joins: install "
+        "it (apt-get install python3, dnf install python3) and run join again",
     12: "the kernel cannot load ip_vs (modprobe ip_vs failed)",
     13: "kubeadm is not on the node's PATH (install it, or give --pkg-url)",
 }
@@ -93,9 +94,11 @@ def _write_if_changed(r: Remote, path: str, text: str, mode: int) -> str:
 
 
 def step_preflight(r: Remote, inp: Inputs) -> str:
-    code, _, _ = r.run(("set -- pkg\n" if inp.plan.pkg else "") + _PREFLIGHT, check=False)
+    code, out, _ = r.run(("set -- pkg\n" if inp.plan.pkg else "") + _PREFLIGHT, check=False)
     if code:
-        raise RemoteError(_PREFLIGHT_ERRORS.get(code, f"preflight exit {code}"))
+        found = out.strip().splitlines()[-1] if out.strip() else "unknown"
+        found = "no" if found == "none" else found[:20]
+        raise RemoteError(_PREFLIGHT_ERRORS.get(code, f"preflight exit {code}").format(found=found))
     return "ok"
 
 

@@ -13,8 +13,8 @@ from pathlib import PurePosixPath
 
 import yaml
 
-from installer import hosts
 from lvscare.config import DEFAULT_PORT, DEFAULT_VIP, STATIC_POD_LABEL
+from lvscare_installer import hosts
 
 _TOKEN = re.compile(r"^[a-z0-9]{6}\.[a-z0-9]{16}$")
 _HASH = re.compile(r"^sha256:[0-9a-f]{64}$")
@@ -73,7 +73,7 @@ class Plan:
 def describe(plan: Plan, node: str) -> list[str]:
     """What ``join`` will do on one node, for ``--dry-run``."""
     p = plan.paths
-    out = [f"preflight: ssh {plan.user}@{node}, root or sudo, python3 >= 3.11, ip_vs loadable, "
+    out = [f"preflight: ssh {plan.user}@{node}, root or sudo, python3 >= 3.9, ip_vs loadable, "
            + ("kubeadm from the package" if plan.pkg else "kubeadm on PATH")]
     out.append(f"package: copy {plan.pkg} and run its init.sh" if plan.pkg else "package: none given")
     out += [

@@ -1,27 +1,29 @@
-"""lvscare as one self-contained zipapp for a node that cannot reach a package index.
+"""What runs on a node before it joins, as one zipapp: ``care --run-once`` and ``care -C``.
 
-Built from the distributions installed next to the installer, without their compiled extensions:
-aiohttp, yarl, multidict, frozenlist, propcache and PyYAML all fall back to pure Python when their
-extension is missing, so the same file runs on any CPU with the node's ``python3`` (>= 3.11).
+Only the modules of that path (``NODE_MODULES``), and nothing but the standard library beside them:
+the node's own ``python3`` (>= 3.9: Debian 11, RHEL 9 and Amazon Linux 2023 ship 3.9) runs it on
+any CPU, with no package index. The daemon itself runs from the image. ``ruff``'s per-file target
+version (pyproject.toml) and ``vermin`` (tests/unit/test_installer.py) keep these modules at 3.9;
+the kernel tests run the bundle on Debian 11's and Debian 13's own python3.
 """
 
 from __future__ import annotations
 
 import hashlib
-import importlib.metadata as md
 import importlib.util
 import marshal
 import os
-import re
 import sys
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-ROOT = "lvscare"
-# Extensions, caches and type stubs: not needed to run, or not portable.
-_SKIP = re.compile(r"\.(so|pyd|pyc|pyi|c|h|pyx|pxd)$|__pycache__/|\.dist-info/(RECORD|INSTALLER)$")
-_FORMAT = 2  # bump when the layout of the zip changes
+# The import closure of `lvscare care --run-once` and `-C` (test_installer checks it is closed and
+# that the pyproject's ruff per-file target version names the same modules).
+NODE_MODULES = ("__init__", "__main__", "care", "careflags", "cli", "config", "effects", "errors",
+                "files", "goleftovers", "health", "ipvs", "log", "netlink", "plan", "rtnl", "tls",
+                "vip")
+_FORMAT = 3  # bump when the layout of the zip changes
 _MAIN = b"import sys\nfrom lvscare.cli import main\nsys.exit(main())\n"
 
 
@@ -32,25 +34,6 @@ class Bundle:
     size: int
 
 
-def _closure(root: str) -> list[md.Distribution]:
-    seen: dict[str, md.Distribution] = {}
-    todo = [root]
-    while todo:
-        name = re.split(r"[ ;<>=!~\[(]", todo.pop(), maxsplit=1)[0].lower().replace("_", "-")
-        if name in seen:
-            continue
-        try:
-            dist = md.distribution(name)
-        except md.PackageNotFoundError:
-            continue  # an optional or platform-only requirement that is not installed
-        seen[name] = dist
-        for req in dist.requires or []:
-            if "extra ==" in req:
-                continue
-            todo.append(req)
-    return list(seen.values())
-
-
 def _add(zf: zipfile.ZipFile, name: str, data: bytes) -> None:
     info = zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0))
     info.compress_type = zipfile.ZIP_DEFLATED
@@ -59,10 +42,9 @@ def _add(zf: zipfile.ZipFile, name: str, data: bytes) -> None:
 
 
 def _bytecode(source: bytes, name: str) -> bytes:
-    """A legacy ``.pyc`` beside each module, which zipimport prefers: without it, every run of
-    ``--run-once`` compiles aiohttp and friends again (seconds on a small node). Unchecked-hash,
-    so the zip's fixed timestamps do not matter; another Python version ignores it (magic number)
-    and compiles the source as before."""
+    """A legacy ``.pyc`` beside each module, which zipimport prefers when the node's Python is
+    the installer's version. Unchecked-hash, so the zip's fixed timestamps do not matter; another
+    Python version ignores it (magic number) and compiles the source in memory."""
     code = compile(source, name, "exec", dont_inherit=True)
     flags = 0b01  # hash-based, unchecked
     return (importlib.util.MAGIC_NUMBER + flags.to_bytes(4, "little")
@@ -70,26 +52,11 @@ def _bytecode(source: bytes, name: str) -> bytes:
 
 
 def _entries() -> dict[str, Path]:
-    entries: dict[str, Path] = {}
-    # lvscare itself from its package directory: an editable install lists no files of its own.
+    # From the package directory: an editable install lists no files of its own.
     import lvscare
 
     pkg = Path(lvscare.__file__).parent
-    for src in pkg.rglob("*"):
-        rel = src.relative_to(pkg.parent).as_posix()
-        if src.is_file() and not _SKIP.search(rel):
-            entries[rel] = src
-    for dist in _closure(ROOT):
-        if dist.metadata["Name"].lower() == ROOT:
-            continue
-        for f in dist.files or []:
-            name = str(f).replace("\\", "/")
-            if name.startswith("..") or _SKIP.search(name):
-                continue
-            src = Path(str(dist.locate_file(f)))
-            if src.is_file():
-                entries[name] = src
-    return entries
+    return {f"lvscare/{name}.py": pkg / f"{name}.py" for name in NODE_MODULES}
 
 
 def cache_dir() -> Path:

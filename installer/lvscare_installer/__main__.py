@@ -1,0 +1,5 @@
+import sys
+
+from lvscare_installer.cli import main
+
+sys.exit(main())
