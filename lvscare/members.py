@@ -113,7 +113,7 @@ def encode_state(state: State) -> bytes:
     return (json.dumps({
         "version": STATE_VERSION, "cluster": state.cluster, "server": state.server,
         "readAt": state.read_at,
-        "readAtText": datetime.datetime.fromtimestamp(state.read_at, datetime.timezone.utc)
+        "readAtText": datetime.datetime.fromtimestamp(state.read_at, datetime.UTC)
         .strftime("%Y-%m-%dT%H:%M:%SZ"),
         "members": [str(m) for m in state.members]}, indent=2) + "\n").encode()
 
