@@ -13,6 +13,10 @@ route back through the root side. Each sshd runs in a private mount namespace in
 - ``PATH`` starts with ``/mnt/bin``, which holds the ``kubeadm`` test double (tests/support).
 
 The installer runs in the root namespace and reaches the nodes only at these addresses.
+
+With ``root`` (a Debian root from lvscare_rig.noderoots), the node is that distribution instead of
+this machine: sshd, python3 and libc are the root's own (chroot), with the same bind mounts made
+inside it and /proc, /dev, /run and /tmp of its own. The root itself is never written.
 """
 
 from __future__ import annotations
@@ -104,6 +108,36 @@ SetEnv PATH=/mnt/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bi
 Subsystem sftp internal-sftp
 """
 
+_SSHD_CONFIG_CHROOT = """ListenAddress {address}
+Port 22
+HostKey /mnt/ssh_host_ed25519_key
+AuthorizedKeysFile /mnt/authorized_keys
+PidFile none
+UsePAM no
+StrictModes no
+PermitRootLogin yes
+PasswordAuthentication yes
+KbdInteractiveAuthentication no
+MaxStartups 100:30:200
+LogLevel VERBOSE
+SetEnv PATH=/mnt/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
+Subsystem sftp internal-sftp
+"""
+
+# The same, for a node whose root is a distribution's (chroot).
+_WRAPPER_CHROOT = """set -e
+R={root}
+mount -t proc proc "$R/proc"
+mount --rbind /dev "$R/dev"
+mount -t tmpfs tmpfs "$R/run"
+mount -t tmpfs tmpfs "$R/tmp"
+mount --bind {dir}/shadow "$R/etc/shadow"
+mount --bind {dir}/passwd "$R/etc/passwd"
+mount --bind {dir} "$R/mnt"
+mkdir -p "$R/run/sshd"
+exec chroot "$R" /usr/sbin/sshd -D -e -f /mnt/sshd_config
+"""
+
 # Run by the node's sshd wrapper inside its own mount namespace.
 _WRAPPER = """set -e
 mount --bind {dir}/shadow /etc/shadow
@@ -116,21 +150,21 @@ exec /usr/sbin/sshd -D -e -f {dir}/sshd_config
 """
 
 
-def _shadow(password: str) -> str:
+def _shadow(password: str, etc: Path = Path("/etc")) -> str:
     hashed = sh("openssl", "passwd", "-6", password).stdout.strip()
     out = [f"{SUDO_USER}:{hashed}:19000:0:99999:7:::"]
-    for line in Path("/etc/shadow").read_text().splitlines():
+    for line in (etc / "shadow").read_text().splitlines():
         name, _, rest = line.partition(":")
         out.append(f"{name}:{hashed}:{rest.split(':', 1)[1]}" if name == "root" else line)
     return "\n".join(out) + "\n"
 
 
-def _passwd() -> str:
+def _passwd(etc: Path = Path("/etc")) -> str:
     # root's login shell becomes /bin/sh: the machine's own ~/.bashrc (pyenv and the like) would
     # otherwise run before every remote command and dominate the timings. The sudo user's home is
     # the node's /mnt/home.
     out = [f"{SUDO_USER}:x:{SUDO_UID}:{SUDO_UID}::/mnt/home:/bin/sh"]
-    for line in Path("/etc/passwd").read_text().splitlines():
+    for line in (etc / "passwd").read_text().splitlines():
         f = line.split(":")
         if f[0] == "root":
             f[-1] = "/bin/sh"
@@ -138,8 +172,9 @@ def _passwd() -> str:
     return "\n".join(out) + "\n"
 
 
-def build(nodes: int, *, down: frozenset[int] = frozenset()) -> SshLab:
-    """``nodes`` nodes; those in ``down`` exist on the network but run no sshd (refused)."""
+def build(nodes: int, *, down: frozenset[int] = frozenset(), root: Path | None = None) -> SshLab:
+    """``nodes`` nodes; those in ``down`` exist on the network but run no sshd (refused);
+    ``root``: a distribution's root file system the nodes run in (noderoots)."""
     tag = f"s{os.getpid() % 1000}{next(_counter)}"
     lab = SshLab(Path(tempfile.mkdtemp(prefix="sshlab-")), tag)
     try:
@@ -148,10 +183,10 @@ def build(nodes: int, *, down: frozenset[int] = frozenset()) -> SshLab:
         (lab.workdir / "authorized_keys").write_text((lab.workdir / "id_ed25519.pub").read_text())
         lab.user_key = key
         lab.known_hosts = lab.workdir / "known_hosts"
-        shadow = _shadow(PASSWORD)
+        shadow = _shadow(PASSWORD, (root or Path("/")) / "etc")
         known = []
         for i in range(1, nodes + 1):
-            node = _add_node(lab, i, shadow, i not in down)
+            node = _add_node(lab, i, shadow, i not in down, root)
             lab.nodes.append(node)
             pub = (node.dir / "ssh_host_ed25519_key.pub").read_text().split()
             known.append(f"{node.address} {pub[0]} {pub[1]}\n")
@@ -165,7 +200,7 @@ def build(nodes: int, *, down: frozenset[int] = frozenset()) -> SshLab:
     return lab
 
 
-def _add_node(lab: SshLab, i: int, shadow: str, start: bool) -> Node:
+def _add_node(lab: SshLab, i: int, shadow: str, start: bool, root: Path | None = None) -> Node:
     ns = f"{lab.tag}n{i}"
     d = lab.workdir / f"n{i}"
     (d / "bin").mkdir(parents=True)
@@ -174,7 +209,7 @@ def _add_node(lab: SshLab, i: int, shadow: str, start: bool) -> Node:
     shutil.copy(KUBEADM_DOUBLE, d / "bin" / "kubeadm")
     (d / "shadow").write_text(shadow)
     (d / "shadow").chmod(0o600)
-    (d / "passwd").write_text(_passwd())
+    (d / "passwd").write_text(_passwd((root or Path("/")) / "etc"))
     (d / "group").write_text(Path("/etc/group").read_text() + f"{SUDO_USER}:x:{SUDO_UID}:\n")
     # A non-root login that becomes root through sudo, asked for its password.
     (d / "sudoers").write_text(f"Defaults !lecture\n{SUDO_USER} ALL=(ALL:ALL) ALL\n")
@@ -184,7 +219,11 @@ def _add_node(lab: SshLab, i: int, shadow: str, start: bool) -> Node:
     os.chown(home, SUDO_UID, SUDO_UID)
     sh("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(d / "ssh_host_ed25519_key"))
     address = f"10.210.{i}.2"
-    (d / "sshd_config").write_text(_SSHD_CONFIG.format(address=address, dir=d, lab=lab.workdir))
+    if root is None:
+        (d / "sshd_config").write_text(_SSHD_CONFIG.format(address=address, dir=d, lab=lab.workdir))
+    else:
+        (d / "sshd_config").write_text(_SSHD_CONFIG_CHROOT.format(address=address))
+        shutil.copy(lab.workdir / "authorized_keys", d / "authorized_keys")
     sh("ip", "netns", "add", ns)
     host_if = f"{lab.tag}h{i}"
     sh("ip", "link", "add", host_if, "type", "veth", "peer", "name", "eth0", "netns", ns)
@@ -196,7 +235,8 @@ def _add_node(lab: SshLab, i: int, shadow: str, start: bool) -> Node:
     sh("ip", "-n", ns, "route", "add", "default", "via", f"10.210.{i}.1")
     node = Node(i, ns, d, address)
     if start:
-        (d / "sshd.sh").write_text(_WRAPPER.format(dir=d))
+        wrapper = _WRAPPER.format(dir=d) if root is None else _WRAPPER_CHROOT.format(dir=d, root=root)
+        (d / "sshd.sh").write_text(wrapper)
         with open(d / "sshd.log", "wb") as log:
             node.sshd = subprocess.Popen(
                 ["ip", "netns", "exec", ns, "unshare", "--mount", "--propagation", "private",
