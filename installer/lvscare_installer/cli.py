@@ -65,6 +65,9 @@ def make_parser() -> argparse.ArgumentParser:
     join.add_argument("--options", action="append", default=[],
                       help="extra lvscare care arguments for the static pod, e.g. --options=--mode=link")
     join.add_argument("--dry-run", action="store_true", help="print the plan per node, change nothing")
+    join.add_argument("--force", action="store_true",
+                      help="join although the cluster check refuses (VIP in the service range, "
+                           "kube-proxy in ipvs mode without the VIP excluded)")
     join.add_argument("--discover", action="store_true",
                       help="the static pod follows the control plane's members (static-pod --discover)")
     clean = sub.add_parser("clean", help="undo join: kubeadm reset, manifest, hosts block, rules")
@@ -278,6 +281,11 @@ def cmd_join(args: argparse.Namespace) -> int:
         return 0
     from lvscare_installer import bundle, steps
 
+    try:
+        for note in steps.check_cluster(plan, auth, args.force):
+            print(f"installer: note: {note}", file=sys.stderr)
+    except steps.ClusterRefused as exc:
+        raise UsageError(str(exc)) from None
     try:
         b = bundle.build()
     except bundle.CacheError as exc:

@@ -5,6 +5,7 @@ Nothing here touches the network; ``installer.steps`` carries the plan out over 
 
 from __future__ import annotations
 
+import ipaddress
 import re
 import shlex
 from collections.abc import Sequence
@@ -33,6 +34,15 @@ class Paths:
     def kubelet_conf(self) -> str:
         # kubeadm join writes it last: its presence means the node has joined.
         return str(PurePosixPath(self.manifests).parent / "kubelet.conf")
+
+    @property
+    def apiserver_manifest(self) -> str:
+        """On a master: kube-apiserver's static pod, beside ours."""
+        return str(PurePosixPath(self.manifests) / "kube-apiserver.yaml")
+
+    @property
+    def admin_conf(self) -> str:
+        return str(PurePosixPath(self.manifests).parent / "admin.conf")
 
 
 @dataclass(frozen=True)
@@ -116,11 +126,11 @@ def parse_join_command(text: str) -> JoinToken:
 
 
 def kubeadm_api_version(version: str) -> str:
-    """v1beta4 from kubeadm 1.31 (which deprecates v1beta3), v1beta3 before."""
-    m = re.match(r"v?(\d+)\.(\d+)", version.strip())
-    if m and (int(m.group(1)), int(m.group(2))) >= (1, 31):
-        return "kubeadm.k8s.io/v1beta4"
-    return "kubeadm.k8s.io/v1beta3"
+    """v1beta4 from kubeadm 1.31 (which deprecates v1beta3), v1beta3 from 1.22, v1beta2 before."""
+    parsed = kubeadm_version(version)
+    if parsed is None or parsed >= (1, 31):
+        return "kubeadm.k8s.io/v1beta4" if parsed else "kubeadm.k8s.io/v1beta3"
+    return "kubeadm.k8s.io/v1beta3" if parsed >= (1, 22) else "kubeadm.k8s.io/v1beta2"
 
 
 def join_configuration(plan: Plan, token: JoinToken, api_version: str) -> str:
@@ -174,3 +184,75 @@ def redact(text: str, secrets: Sequence[str]) -> str:
         if s:
             text = text.replace(s, "***")
     return text
+
+
+# -- the cluster, checked on the first master before any node changes ---------------------------
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+OLD_KUBEADM = (1, 23)  # before: join refuses a non-empty manifests directory (DirAvailable)
+
+
+def kubeadm_version(text: str) -> tuple[int, int] | None:
+    m = re.match(r"v?(\d+)\.(\d+)", text.strip())
+    return (int(m.group(1)), int(m.group(2))) if m else None
+
+
+def service_ranges(apiserver_manifest: str) -> list[Network]:
+    """``--service-cluster-ip-range`` of kube-apiserver's static pod (dual-stack: two)."""
+    m = re.search(r"--service-cluster-ip-range[= ]\s*\"?([0-9a-fA-F:./,]+)", apiserver_manifest)
+    if not m:
+        return []
+    out = []
+    for cidr in m.group(1).split(","):
+        try:
+            out.append(ipaddress.ip_network(cidr.strip(), strict=False))
+        except ValueError:
+            continue
+    return out
+
+
+# kube-apiserver's default when the flag is absent (kubeadm writes it; a hand-made pod may not).
+DEFAULT_SERVICE_RANGE = ipaddress.ip_network("10.0.0.0/24")
+
+
+def vip_in_service_range(vip: str, ranges: Sequence[Network], master: str) -> str | None:
+    """One line refusing the VIP, or None."""
+    ip = ipaddress.ip_address(vip)
+    for net in ranges:
+        if ip.version == net.version and ip in net:
+            return (f"the VIP {vip} is inside the cluster's service range {net} (kube-apiserver "
+                    f"--service-cluster-ip-range on {master}): a Service may be given that address "
+                    "and kube-proxy's rules for it would take the VIP's traffic; choose a --vip "
+                    "outside it (docs/coexistence.md), or --force")
+    return None
+
+
+def kube_proxy_check(vip: str, config_conf: str) -> tuple[str, str | None, str | None]:
+    """kube-proxy's mode from its ConfigMap's config.conf: (mode, refusal, note)."""
+    try:
+        conf = yaml.safe_load(config_conf) or {}
+    except yaml.YAMLError:
+        return "unknown", None, "kube-proxy's configuration is not YAML: its mode was not checked"
+    if not isinstance(conf, dict):
+        return "unknown", None, "kube-proxy's configuration is not a mapping: its mode was not checked"
+    mode = str(conf.get("mode") or "iptables")
+    if mode == "ipvs":
+        ip = ipaddress.ip_address(vip)
+        excluded = (conf.get("ipvs") or {}).get("excludeCIDRs") or []
+        for cidr in excluded:
+            try:
+                if ip in ipaddress.ip_network(str(cidr), strict=False):
+                    return mode, None, None
+            except ValueError:
+                continue
+        host = 32 if ip.version == 4 else 128
+        return mode, (
+            f"kube-proxy runs in ipvs mode without the VIP in ipvs.excludeCIDRs: it would delete "
+            f"lvscare's virtual server; first add it - kubectl -n kube-system edit configmap "
+            f"kube-proxy, under config.conf set ipvs: {{excludeCIDRs: [{vip}/{host}]}} (keeping any "
+            f"there), then kubectl -n kube-system rollout restart daemonset kube-proxy - or --force"), None
+    if mode == "nftables":
+        return mode, None, ("kube-proxy runs in nftables mode: each time it starts it flushes every "
+                            "IPVS virtual server on the node; lvscare puts its own back within one "
+                            "interval (docs/coexistence.md)")
+    return mode, None, None

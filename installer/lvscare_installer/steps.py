@@ -17,13 +17,19 @@ from pathlib import Path
 from lvscare_installer import hosts
 from lvscare_installer.bundle import Bundle
 from lvscare_installer.plan import (
+    DEFAULT_SERVICE_RANGE,
+    OLD_KUBEADM,
     JoinToken,
     NodeResult,
     Plan,
     join_configuration,
+    kube_proxy_check,
     kubeadm_api_version,
+    kubeadm_version,
     parse_join_command,
     redact,
+    service_ranges,
+    vip_in_service_range,
 )
 from lvscare_installer.remote import Auth, Remote, RemoteError
 
@@ -161,14 +167,29 @@ def step_hosts(r: Remote, inp: Inputs) -> str:
     return "done"
 
 
+def _kubeadm(r: Remote, inp: Inputs) -> str:
+    """"joined", or the version kubeadm reports."""
+    conf = inp.plan.paths.kubelet_conf
+    _, version, _ = r.run(f"if [ -e {q(conf)} ]; then echo joined; else kubeadm version -o short; fi")
+    return version.strip()
+
+
+def _old_kubeadm(version: str) -> bool:
+    parsed = kubeadm_version(version)
+    return parsed is not None and parsed < OLD_KUBEADM
+
+
 def step_manifest(r: Remote, inp: Inputs) -> str:
+    # kubeadm before 1.23 refuses to join with anything in the manifests directory
+    # (DirAvailable--etc-kubernetes-manifests): its manifest is written after the join instead.
+    if _old_kubeadm(_kubeadm(r, inp)):
+        return "after join (kubeadm < 1.23)"
     return _write_if_changed(r, f"{inp.plan.paths.manifests}/{inp.manifest_name}.yaml", inp.manifest, 0o600)
 
 
 def step_join(r: Remote, inp: Inputs) -> str:
-    conf = inp.plan.paths.kubelet_conf
-    _, version, _ = r.run(f"if [ -e {q(conf)} ]; then echo joined; else kubeadm version -o short; fi")
-    if version.strip() == "joined":
+    version = _kubeadm(r, inp)
+    if version == "joined":
         return "ok"
     token = inp.token()
     text = join_configuration(inp.plan, token, kubeadm_api_version(version))
@@ -180,7 +201,55 @@ def step_join(r: Remote, inp: Inputs) -> str:
         raise RemoteError(redact(str(exc), [token.token])) from None
     finally:
         r.run(f"rm -f {q(path)}", check=False)
+    if _old_kubeadm(version):
+        _write_if_changed(r, f"{inp.plan.paths.manifests}/{inp.manifest_name}.yaml", inp.manifest, 0o600)
+        return "done, then the manifest"
     return "done"
+
+
+class ClusterRefused(Exception):
+    """The cluster the nodes would join conflicts with the plan; one line, nothing changed."""
+
+
+def check_cluster(plan: Plan, auth: Auth, force: bool) -> list[str]:
+    """Look at the first master before any node changes: the VIP against the service range, and
+    kube-proxy's mode. Raises ClusterRefused (unless ``force``); returns notes to print."""
+    master = plan.masters[0]
+    r = Remote(master, auth)
+    try:
+        r.open()
+    except RemoteError as exc:
+        return [f"cluster not checked: cannot reach master {master} ({exc})"]
+    notes: list[str] = []
+    refusals: list[str] = []
+    try:
+        manifest = r.read(plan.paths.apiserver_manifest)
+        if manifest is None:
+            notes.append(f"service range not checked: no {plan.paths.apiserver_manifest} on {master}")
+        else:
+            ranges = service_ranges(manifest) or [DEFAULT_SERVICE_RANGE]
+            refusal = vip_in_service_range(plan.vip, ranges, master)
+            if refusal:
+                refusals.append(refusal)
+        code, conf, err = r.run(
+            f"kubectl --kubeconfig {q(plan.paths.admin_conf)} -n kube-system get configmap kube-proxy "
+            "-o 'jsonpath={.data.config\\.conf}'", check=False, timeout=60)
+        if code:
+            notes.append(f"kube-proxy's mode not checked on {master}: kubectl exit {code} "
+                         f"({(err.strip().splitlines() or ['no output'])[-1][:120]})")
+        else:
+            _, refusal, note = kube_proxy_check(plan.vip, conf)
+            if refusal:
+                refusals.append(refusal)
+            if note:
+                notes.append(note)
+    except RemoteError as exc:
+        notes.append(f"cluster not fully checked on master {master}: {exc}")
+    finally:
+        r.close()
+    if refusals and not force:
+        raise ClusterRefused(refusals[0])
+    return notes + [f"--force: going on although {x}" for x in refusals]
 
 
 JOIN: list[tuple[str, Callable[[Remote, Inputs], str]]] = [

@@ -10,7 +10,8 @@ route back through the root side. Each sshd runs in a private mount namespace in
 - the node's directory (``<workdir>/n<i>``) is mounted on ``/mnt``, so every file the installer
   writes (``--hosts-path /mnt/hosts``, ``--manifest-path /mnt/kubernetes/manifests``, ...) lands in
   the test's directory,
-- ``PATH`` starts with ``/mnt/bin``, which holds the ``kubeadm`` test double (tests/support).
+- ``PATH`` starts with ``/mnt/bin``, which holds the ``kubeadm`` and ``kubectl`` test doubles
+  (tests/support).
 
 The installer runs in the root namespace and reaches the nodes only at these addresses.
 
@@ -36,6 +37,7 @@ from lvscare_rig.topology import sh
 PASSWORD = "lab-password-not-secret"
 SUDO_USER, SUDO_UID = "ops", 4242
 KUBEADM_DOUBLE = Path(__file__).resolve().parents[2] / "tests" / "support" / "kubeadm-double"
+KUBECTL_DOUBLE = KUBEADM_DOUBLE.with_name("kubectl-double")
 _counter = itertools.count(1)
 
 # Paths the installer is told to use: all under the node's own /mnt.
@@ -207,6 +209,7 @@ def _add_node(lab: SshLab, i: int, shadow: str, start: bool, root: Path | None =
     (d / "kubernetes" / "manifests").mkdir(parents=True)
     (d / "hosts").write_text(HOSTS)
     shutil.copy(KUBEADM_DOUBLE, d / "bin" / "kubeadm")
+    shutil.copy(KUBECTL_DOUBLE, d / "bin" / "kubectl")
     (d / "shadow").write_text(shadow)
     (d / "shadow").chmod(0o600)
     (d / "passwd").write_text(_passwd((root or Path("/")) / "etc"))

@@ -243,3 +243,63 @@ def test_a_sudo_user_joins_and_cleans(lab2: SshLab, tmp_path: Path) -> None:
     cleaned = installer("clean", "--node", node.address, *flags)
     assert cleaned.returncode == 0, cleaned.stdout + cleaned.stderr
     assert node.file("hosts").read_text() == HOSTS and "10.103.97.2" not in node.ipvsadm()
+
+
+APISERVER = """apiVersion: v1
+kind: Pod
+metadata: {name: kube-apiserver, namespace: kube-system}
+spec:
+  containers:
+  - name: kube-apiserver
+    command:
+    - kube-apiserver
+    - --service-cluster-ip-range=%s
+"""
+
+
+def test_the_cluster_is_checked_on_the_first_master_before_any_node_changes(lab2: SshLab) -> None:
+    master, node = lab2.nodes
+    args = ["join", "--master", master.address, "--node", node.address, *lab2.flags()]
+
+    def unchanged() -> None:
+        assert node.file("hosts").read_text() == HOSTS and not node.file("bin/lvscare").exists()
+        assert "10.103.97.2" not in node.ipvsadm() and node.kubeadm_calls() == []
+
+    # kubeadm's default service range holds the default VIP.
+    master.file("kubernetes/manifests/kube-apiserver.yaml").write_text(APISERVER % "10.96.0.0/12")
+    refused = installer(*args)
+    assert refused.returncode == 2 and refused.stderr.count("\n") == 1, refused.stderr
+    assert "the VIP 10.103.97.2 is inside the cluster's service range 10.96.0.0/12" in refused.stderr
+    unchanged()
+    # kube-proxy in ipvs mode, the VIP not excluded: the patch to apply, in the one line.
+    master.file("kubernetes/manifests/kube-apiserver.yaml").write_text(APISERVER % "10.96.0.0/22")
+    master.file("kube-proxy.conf").write_text("apiVersion: kubeproxy.config.k8s.io/v1alpha1\n"
+                                              "kind: KubeProxyConfiguration\nmode: ipvs\n")
+    refused = installer(*args)
+    assert refused.returncode == 2 and "ipvs: {excludeCIDRs: [10.103.97.2/32]}" in refused.stderr
+    unchanged()
+    assert master.file("kubectl.log").read_text().count("--kubeconfig /mnt/kubernetes/admin.conf") == 2
+    # Excluded: accepted. nftables mode: a note, and the join goes on.
+    master.file("kube-proxy.conf").write_text("mode: nftables\n")
+    joined = installer(*args)
+    assert joined.returncode == 0, joined.stdout + joined.stderr
+    assert "installer: note: kube-proxy runs in nftables mode" in joined.stderr
+    assert VS_LINE in node.ipvsadm()
+
+
+def test_kubeadm_before_1_23_gets_the_manifest_after_join(lab2: SshLab) -> None:
+    """kubeadm < 1.23 refuses to join with a file in the manifests directory (the test double
+    does as it does); the manifest then follows the join."""
+    master, node = lab2.nodes
+    node.file("kubeadm-version").write_text("v1.22.17\n")
+    joined = installer("join", "--master", master.address, "--node", node.address, *lab2.flags())
+    assert joined.returncode == 0, joined.stdout + joined.stderr
+    assert f"[{node.address}] manifest: after join (kubeadm < 1.23)" in joined.stderr
+    assert f"[{node.address}] join: done, then the manifest" in joined.stderr
+    assert node.file("kubernetes/manifests/kube-sealos-lvscare.yaml").exists()
+    assert yaml.safe_load(node.file("join-config.seen").read_text())["apiVersion"] == "kubeadm.k8s.io/v1beta3"
+    # The double would have refused the other order, as kubeadm 1.22 does.
+    node.file("kubernetes/kubelet.conf").unlink()
+    node.file("kubernetes/manifests/extra.yaml").write_text("kind: Pod\n")
+    refused = installer("join", "--master", master.address, "--node", node.address, *lab2.flags())
+    assert refused.returncode == 1 and "DirAvailable--etc-kubernetes-manifests" in refused.stdout

@@ -552,3 +552,46 @@ def test_hosts_markers_with_trailing_characters_are_not_markers() -> None:
     # the name after a first '#' is a comment even when another '#' follows
     text = "1.1.1.1 foo # apiserver.cluster.local # note\n"
     assert hosts.with_entry(text, "10.103.97.2").startswith(text)
+
+
+def test_the_service_range_check() -> None:
+    from lvscare_installer.plan import DEFAULT_SERVICE_RANGE, service_ranges, vip_in_service_range
+
+    manifest = ("spec:\n  containers:\n  - command:\n    - kube-apiserver\n"
+                "    - --service-cluster-ip-range=10.96.0.0/12,fd00:10:96::/112\n")
+    ranges = service_ranges(manifest)
+    assert [str(r) for r in ranges] == ["10.96.0.0/12", "fd00:10:96::/112"]
+    refusal = vip_in_service_range("10.103.97.2", ranges, "192.168.0.2")
+    assert refusal is not None and "10.96.0.0/12" in refusal and "10.103.97.2" in refusal
+    assert "192.168.0.2" in refusal and "--force" in refusal and "\n" not in refusal
+    # sealos' range leaves the default VIP outside.
+    assert vip_in_service_range("10.103.97.2", service_ranges("- --service-cluster-ip-range=10.96.0.0/22"),
+                                 "m") is None
+    assert service_ranges("no flag here") == [] and DEFAULT_SERVICE_RANGE.num_addresses == 256
+
+
+@pytest.mark.parametrize(("conf", "mode", "refused", "noted"), [
+    ("mode: ipvs\nipvs:\n  excludeCIDRs: null\n", "ipvs", True, False),
+    ("mode: ipvs\nipvs:\n  excludeCIDRs: [10.103.0.0/16]\n", "ipvs", False, False),
+    ("mode: ipvs\n", "ipvs", True, False),
+    ("mode: nftables\n", "nftables", False, True),
+    ("mode: \"\"\n", "iptables", False, False),
+    ("mode: iptables\n", "iptables", False, False),
+])
+def test_the_kube_proxy_check(conf: str, mode: str, refused: bool, noted: bool) -> None:
+    from lvscare_installer.plan import kube_proxy_check
+
+    got, refusal, note = kube_proxy_check("10.103.97.2", conf)
+    assert got == mode and (refusal is not None) == refused and (note is not None) == noted
+    if refusal:
+        assert "ipvs: {excludeCIDRs: [10.103.97.2/32]}" in refusal and "rollout restart" in refusal
+    if note:
+        assert "flushes every IPVS virtual server" in note
+
+
+def test_kubeadm_versions() -> None:
+    from lvscare_installer.plan import kubeadm_version
+
+    assert kubeadm_version("v1.22.17\n") == (1, 22) and kubeadm_version("garbage") is None
+    assert kubeadm_api_version("v1.21.14") == "kubeadm.k8s.io/v1beta2"
+    assert kubeadm_api_version("v1.22.0") == "kubeadm.k8s.io/v1beta3"
