@@ -10,6 +10,9 @@ module only moves its bytes and turns its events into futures. A probe needs two
 
 ``closed`` completes when the server ends the connection (EOF, reset, GOAWAY): the daemon then
 probes at once instead of at the next interval, as with HTTP/1.1.
+
+The caller opens the TLS connection and checks that ALPN chose ``h2`` (``prober``): this module,
+and ``h2`` with it, is imported only for a server that speaks HTTP/2.
 """
 
 from __future__ import annotations
@@ -28,10 +31,6 @@ import h2.events
 import h2.exceptions
 
 READ_SIZE = 65536
-
-
-class NotH2(Exception):
-    """The server did not choose ``h2`` by ALPN (an HTTP/1.1-only server or proxy)."""
 
 
 class ConnectionGone(ConnectionError):
@@ -67,19 +66,6 @@ class H2Connection:
         self._flush()
         self._task = loop.create_task(self._read())
 
-    @classmethod
-    async def open(cls, host: str, port: int, ctx: ssl.SSLContext, authority: str) -> H2Connection:
-        """Connect and check ALPN; the caller bounds the time. Raises OSError, ssl.SSLError or
-        NotH2."""
-        # Python sends no SNI for an address; the certificate is checked against it when the
-        # context checks host names.
-        reader, writer = await asyncio.open_connection(host, port, ssl=ctx, server_hostname=host)
-        tls = writer.get_extra_info("ssl_object")
-        chosen = tls.selected_alpn_protocol() if tls is not None else None
-        if chosen != "h2":
-            writer.close()
-            raise NotH2(chosen or "no ALPN")
-        return cls(reader, writer, authority)
 
     @property
     def is_closed(self) -> bool:

@@ -29,13 +29,14 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from lvscare.config import Endpoint, HealthCheck
-from lvscare.h2conn import Answer, H2Connection, NotH2
 from lvscare.health import Outcome, ProbeResult
 from lvscare.log import get_logger
 from lvscare.tls import build_ssl_context
 
 if TYPE_CHECKING:
     import aiohttp
+
+    from lvscare.h2conn import Answer, H2Connection
 
 log = get_logger("lvscare")
 
@@ -44,6 +45,27 @@ def _consume(fut: asyncio.Future[None]) -> None:
     # A connection lost with an error sets an exception nobody else reads.
     if not fut.cancelled():
         fut.exception()
+
+
+class NotH2(Exception):
+    """The server did not choose ``h2`` by ALPN (an HTTP/1.1-only server or proxy)."""
+
+
+async def _open_h2(host: str, port: int, ctx: ssl.SSLContext, authority: str) -> H2Connection:
+    """Connect and check ALPN; the caller bounds the time. Raises OSError, ssl.SSLError or
+    NotH2. ``h2`` is imported only once a server has chosen it: against HTTP/1.1-only servers
+    the daemon never loads it."""
+    # Python sends no SNI for an address; the certificate is checked against it when the
+    # context checks host names.
+    reader, writer = await asyncio.open_connection(host, port, ssl=ctx, server_hostname=host)
+    tls = writer.get_extra_info("ssl_object")
+    chosen = tls.selected_alpn_protocol() if tls is not None else None
+    if chosen != "h2":
+        writer.close()
+        raise NotH2(chosen or "no ALPN")
+    from lvscare.h2conn import H2Connection
+
+    return H2Connection(reader, writer, authority)
 
 
 @dataclass(frozen=True)
@@ -311,7 +333,7 @@ class Prober:
         authority = f"[{host}]:{rs.port}" if rs.ip.version == 6 else f"{host}:{rs.port}"
         try:
             async with asyncio.timeout(hc.timeout):
-                st.conn = await H2Connection.open(host, rs.port, ctx, authority)
+                st.conn = await _open_h2(host, rs.port, ctx, authority)
         except TimeoutError:
             return ProbeResult(Outcome.TIMEOUT, detail=f"no connection in {hc.timeout:g}s")
         except NotH2 as exc:

@@ -253,6 +253,31 @@ def test_rules_deleted_by_someone_else_are_restored(lab: Lab, care: Care) -> Non
     assert len(care.events("rules repaired")) >= 3
 
 
+@pytest.mark.parametrize("mode", ["route", "link"])
+def test_kube_proxy_nftables_cleanup_is_undone_within_an_interval(lab: Lab, mode: str) -> None:
+    """kube-proxy in nftables mode runs its IPVS cleanup at every start: every virtual server
+    flushed (``ipvsadm -C``) and its ``kube-ipvs0`` deleted. lvscare's rules, route or dummy
+    interface come back within one interval; traffic through the VIP works again."""
+    lab.run("ip", "link", "add", "kube-ipvs0", "type", "dummy")  # as kube-proxy's ipvs mode left it
+    care = Care(lab, "--mode", mode).start()
+    try:
+        times = []
+        for _ in range(3):
+            began = time.monotonic()
+            lab.run("ipvsadm", "-C")
+            lab.run("ip", "link", "del", "kube-ipvs0", check=False)
+            wait(lambda: len(real_servers(lab)) == 3, 10, care)
+            times.append(time.monotonic() - began)
+            assert lab.requests(VIP, count=6)["errors"] == []
+            lab.run("ip", "link", "add", "kube-ipvs0", "type", "dummy")
+            time.sleep(0.5)
+        print(f"\n{mode} mode: rules back {', '.join(f'{t:.2f}' for t in times)} s after the cleanup "
+              "(interval 1 s)")
+        assert care.events("rules repaired")
+    finally:
+        care.stop()
+
+
 def test_sigterm_keeps_rules_and_exits_0(lab: Lab, care: Care) -> None:
     care.start()
     before = ipvsadm_table(lab)

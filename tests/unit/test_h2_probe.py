@@ -204,19 +204,30 @@ async def test_slow_http1_is_a_timeout(prober: Prober, server: Server) -> None:
     assert result.outcome is Outcome.TIMEOUT
 
 
-def test_the_http2_probe_never_imports_aiohttp(server: Server) -> None:
-    """aiohttp is ~11 MB of the daemon's memory; against apiservers (HTTP/2) it is never needed."""
-    code = f"""
+PROBE_ONCE = """
 import asyncio, ipaddress, sys
 from lvscare.config import Endpoint, HealthCheck
 from lvscare.prober import Prober
 async def main():
     p = Prober()
     await p.start()
-    rs = Endpoint(ipaddress.ip_address("127.0.0.1"), {server.port})
-    print((await p.probe(rs, HealthCheck())).outcome.value, "aiohttp" in sys.modules)
+    rs = Endpoint(ipaddress.ip_address("127.0.0.1"), int(sys.argv[1]))
+    print((await p.probe(rs, HealthCheck())).outcome.value, "aiohttp" in sys.modules, "h2" in sys.modules)
     await p.close()
 asyncio.run(main())
 """
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
-    assert out.stdout.split() == ["ok", "False"], out.stderr
+
+
+def test_each_protocol_loads_only_its_own_client(server: Server, workdir: Path) -> None:
+    """aiohttp is ~11 MB of the daemon's memory and h2 ~1 MB: against apiservers (HTTP/2) aiohttp
+    is never loaded, against an HTTP/1.1-only server h2 is never loaded."""
+    h2 = subprocess.run([sys.executable, "-c", PROBE_ONCE, str(server.port)], capture_output=True,
+                        text=True, timeout=30)
+    assert h2.stdout.split() == ["ok", "False", "True"], h2.stderr
+    http1 = Server(workdir, "--http1-only")
+    try:
+        out = subprocess.run([sys.executable, "-c", PROBE_ONCE, str(http1.port)], capture_output=True,
+                             text=True, timeout=30)
+    finally:
+        http1.stop()
+    assert out.stdout.splitlines()[-1].split() == ["ok", "True", "False"], out.stderr  # after its log line
