@@ -24,6 +24,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from lvscare_rig import testkernel
 
 
+def wire_bytes(netns: str) -> int:
+    """Bytes through the node's interface, both directions: what a join costs its network."""
+    import json
+
+    out = subprocess.run(["ip", "-n", netns, "-s", "-j", "link", "show", "eth0"], capture_output=True,
+                         text=True, check=True).stdout
+    stats = json.loads(out)[0]["stats64"]
+    return int(stats["rx"]["bytes"]) + int(stats["tx"]["bytes"])
+
+
 def join(lab: object, master: str, nodes: list[str], parallel: int) -> tuple[float, float]:
     """Wall seconds of one `installer join`, and the CPU seconds of the installer process."""
     from lvscare_rig.sshnodes import SshLab
@@ -50,14 +60,18 @@ def run(nodes: int, parallel: int, repeat: int) -> None:
 
     # The zipapp is built once and cached (as for an operator's second run); neither figure pays it.
     t = time.monotonic()
-    bundle.build()
-    print(f"  bundle built in {time.monotonic() - t:.1f}s (cached afterwards)")
+    b = bundle.build()
+    print(f"  bundle built in {time.monotonic() - t:.1f}s (cached afterwards): {b.size} bytes")
     singles, fleets, cpu1, cpun = [], [], [], []
     for _ in range(repeat):
         lab = sshnodes.build(2 + nodes)
         try:
             master, solo, *fleet = lab.nodes
+            before = wire_bytes(solo.netns)
             wall, cpu = join(lab, master.address, [solo.address], parallel)
+            moved = wire_bytes(solo.netns) - before
+            print(f"  one node's join moved {moved / 1024:.0f} KiB over its interface "
+                  f"(the bundle: {b.size / 1024:.0f} KiB)", flush=True)
             singles.append(wall)
             cpu1.append(cpu)
             wall, cpu = join(lab, master.address, [n.address for n in fleet], parallel)
