@@ -45,8 +45,8 @@ command -v kubeadm >/dev/null || [ "$1" = pkg ] || exit 13
 """
 _PREFLIGHT_ERRORS = {
     10: "not root, and sudo did not make us root",
-    11: "python3 {found} found; lvscare needs python3 >= 3.9 on the node before it joins: install "
-        "it (apt-get install python3, dnf install python3) and run join again",
+    11: "{found}; lvscare needs python3 >= 3.9 on the node before it joins: install it "
+        "(apt-get install python3, dnf install python3) and run join again",
     12: "the kernel cannot load ip_vs (modprobe ip_vs failed)",
     13: "kubeadm is not on the node's PATH (install it, or give --pkg-url)",
 }
@@ -102,8 +102,8 @@ def _write_if_changed(r: Remote, path: str, text: str, mode: int) -> str:
 def step_preflight(r: Remote, inp: Inputs) -> str:
     code, out, _ = r.run(("set -- pkg\n" if inp.plan.pkg else "") + _PREFLIGHT, check=False)
     if code:
-        found = out.strip().splitlines()[-1] if out.strip() else "unknown"
-        found = "no" if found == "none" else found[:20]
+        last = out.strip().splitlines()[-1][:20] if out.strip() else "unknown"
+        found = "no python3 found" if last == "none" else f"python3 {last} found"
         raise RemoteError(_PREFLIGHT_ERRORS.get(code, f"preflight exit {code}").format(found=found))
     return "ok"
 

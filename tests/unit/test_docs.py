@@ -211,7 +211,8 @@ FOREIGN_FLAGS = {
     "--dport", "--sport", "--numeric", "--stats",  # ss, ipvsadm
     "--ipvs-exclude-cidrs", "--kube-proxy-arg",  # kube-proxy, k3s
     "--mount", "--print-join-command",  # Dockerfile RUN, kubeadm token create
-    "--repeat", "--max-children",  # bench/installer.py, scripts/mutation
+    "--repeat", "--max-children", "--skip",  # bench/installer.py, scripts/mutation, bench/failover.py
+    "--variant", "--include",  # debootstrap
     "--flag", "--int",  # a placeholder; an abbreviation quoted as refused
 }
 

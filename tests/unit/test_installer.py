@@ -595,3 +595,32 @@ def test_kubeadm_versions() -> None:
     assert kubeadm_version("v1.22.17\n") == (1, 22) and kubeadm_version("garbage") is None
     assert kubeadm_api_version("v1.21.14") == "kubeadm.k8s.io/v1beta2"
     assert kubeadm_api_version("v1.22.0") == "kubeadm.k8s.io/v1beta3"
+
+
+class _Preflight:
+    """A node answering the preflight script as the given shell would."""
+
+    def __init__(self, code: int, out: str) -> None:
+        self.answer = (code, out, "")
+
+    def run(self, script: str, *, timeout: float = 300, check: bool = True) -> tuple[int, str, str]:
+        assert "sys.version_info" in script and "(3, 9)" in script
+        return self.answer
+
+
+@pytest.mark.parametrize(("code", "out", "message"), [
+    (11, "none\n", "no python3 found; lvscare needs python3 >= 3.9 on the node before it joins: "
+                   "install it (apt-get install python3, dnf install python3) and run join again"),
+    (11, "3.8.10\n", "python3 3.8.10 found; lvscare needs python3 >= 3.9"),
+    (12, "3.9.2\n", "the kernel cannot load ip_vs"),
+])
+def test_preflight_says_what_it_found_and_what_to_do(code: int, out: str, message: str) -> None:
+    from lvscare_installer import steps
+    from lvscare_installer.remote import RemoteError
+
+    plan = Plan(masters=("10.0.0.2",), nodes=("n1",), user="root")
+    inputs = steps.Inputs(plan, None, None, "kube-sealos-lvscare", "", None)  # type: ignore[arg-type]
+    with pytest.raises(RemoteError) as exc:
+        steps.step_preflight(_Preflight(code, out), inputs)  # type: ignore[arg-type]
+    assert str(exc.value).startswith(message) and "\n" not in str(exc.value)
+    assert steps.step_preflight(_Preflight(0, "3.13.1\n"), inputs) == "ok"  # type: ignore[arg-type]
