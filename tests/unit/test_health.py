@@ -215,3 +215,10 @@ def test_all_slow_keeps_all_serving() -> None:
     health = {(vs.endpoint, rs.endpoint): run(initial(0.0), [SLOW] * 5) for rs in vs.real_servers}
     d = decide([vs], health, {}, 10.0, 30.0)
     assert set(d.weights.values()) == {1} and not d.all_down
+
+
+def test_states_and_outcomes_read_as_their_values() -> None:
+    """What logs, metrics labels and /status print (enum.StrEnum's behaviour, on python3.9 too)."""
+    assert str(State.HEALTHY) == "healthy" and f"{Outcome.SLOW}" == "slow"
+    assert f"{Outcome.OK:>4}|{State.DOWN:<6}|" == "  ok|down  |"
+    assert State.DOWN == "down" and Outcome("http_status") is Outcome.HTTP_STATUS
