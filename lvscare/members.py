@@ -21,7 +21,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
-from lvscare.config import Config, Endpoint, RealServer, VirtualServer
+from lvscare.config import Config, Endpoint, RealServer, VirtualServer, parse_endpoint
+from lvscare.errors import UserError
 
 STATE_VERSION = 1
 
@@ -120,9 +121,6 @@ def encode_state(state: State) -> bytes:
 
 def decode_state(data: bytes) -> State:
     """Raises Unusable("state", …) for anything but a whole state file."""
-    from lvscare.config import parse_endpoint
-    from lvscare.errors import UserError
-
     try:
         doc: Any = json.loads(data)
         if doc.get("version") != STATE_VERSION:

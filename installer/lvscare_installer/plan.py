@@ -128,9 +128,11 @@ def parse_join_command(text: str) -> JoinToken:
 def kubeadm_api_version(version: str) -> str:
     """v1beta4 from kubeadm 1.31 (which deprecates v1beta3), v1beta3 from 1.22, v1beta2 before."""
     parsed = kubeadm_version(version)
-    if parsed is None or parsed >= (1, 31):
-        return "kubeadm.k8s.io/v1beta4" if parsed else "kubeadm.k8s.io/v1beta3"
-    return "kubeadm.k8s.io/v1beta3" if parsed >= (1, 22) else "kubeadm.k8s.io/v1beta2"
+    if parsed is not None and parsed >= (1, 31):
+        return "kubeadm.k8s.io/v1beta4"
+    if parsed is not None and parsed < (1, 22):
+        return "kubeadm.k8s.io/v1beta2"
+    return "kubeadm.k8s.io/v1beta3"
 
 
 def join_configuration(plan: Plan, token: JoinToken, api_version: str) -> str:

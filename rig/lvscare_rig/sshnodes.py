@@ -94,26 +94,11 @@ class SshLab:
         shutil.rmtree(self.workdir, ignore_errors=True)
 
 
+# Paths as sshd sees them: the machine's own for a node on this root, /mnt/… inside a chroot.
 _SSHD_CONFIG = """ListenAddress {address}
 Port 22
-HostKey {dir}/ssh_host_ed25519_key
-AuthorizedKeysFile {lab}/authorized_keys
-PidFile none
-UsePAM no
-StrictModes no
-PermitRootLogin yes
-PasswordAuthentication yes
-KbdInteractiveAuthentication no
-MaxStartups 100:30:200
-LogLevel VERBOSE
-SetEnv PATH=/mnt/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
-Subsystem sftp internal-sftp
-"""
-
-_SSHD_CONFIG_CHROOT = """ListenAddress {address}
-Port 22
-HostKey /mnt/ssh_host_ed25519_key
-AuthorizedKeysFile /mnt/authorized_keys
+HostKey {host_key}
+AuthorizedKeysFile {authorized_keys}
 PidFile none
 UsePAM no
 StrictModes no
@@ -223,10 +208,13 @@ def _add_node(lab: SshLab, i: int, shadow: str, start: bool, root: Path | None =
     sh("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(d / "ssh_host_ed25519_key"))
     address = f"10.210.{i}.2"
     if root is None:
-        (d / "sshd_config").write_text(_SSHD_CONFIG.format(address=address, dir=d, lab=lab.workdir))
+        config = _SSHD_CONFIG.format(address=address, host_key=d / "ssh_host_ed25519_key",
+                                     authorized_keys=lab.workdir / "authorized_keys")
     else:
-        (d / "sshd_config").write_text(_SSHD_CONFIG_CHROOT.format(address=address))
+        config = _SSHD_CONFIG.format(address=address, host_key="/mnt/ssh_host_ed25519_key",
+                                     authorized_keys="/mnt/authorized_keys")
         shutil.copy(lab.workdir / "authorized_keys", d / "authorized_keys")
+    (d / "sshd_config").write_text(config)
     sh("ip", "netns", "add", ns)
     host_if = f"{lab.tag}h{i}"
     sh("ip", "link", "add", host_if, "type", "veth", "peer", "name", "eth0", "netns", ns)

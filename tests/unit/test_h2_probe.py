@@ -11,7 +11,7 @@ import signal
 import socket
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -74,14 +74,6 @@ def server(workdir: Path) -> Iterator[Server]:
     s = Server(workdir)
     yield s
     s.stop()
-
-
-@pytest.fixture
-async def prober() -> AsyncIterator[Prober]:
-    p = Prober()
-    await p.start()
-    yield p
-    await p.close()
 
 
 async def probes(prober: Prober, rs: Endpoint, hc: HealthCheck, n: int, gap: float = 0.05) -> list[Outcome]:

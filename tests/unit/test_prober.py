@@ -67,14 +67,6 @@ class Server:
 
 
 @pytest.fixture
-async def prober() -> AsyncIterator[Prober]:
-    p = Prober()
-    await p.start()
-    yield p
-    await p.close()
-
-
-@pytest.fixture
 async def https(cert: tuple[Path, Path]) -> AsyncIterator[Server]:
     s = Server()
     await s.start(cert)
