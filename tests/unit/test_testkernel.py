@@ -1,0 +1,138 @@
+"""The test kernel's boot plumbing on the host: the ptrace shim that lets user-mode-linux run where
+the host's XSAVE area outgrew it, and the console split that turns a failed boot into one line."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import platform
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from lvscare_rig import testkernel
+
+# Debian's user-mode-linux (6.1 and 6.12) saves and restores a guest's FPU state in this many
+# bytes: x87/SSE, AVX, MPX, AVX-512 and PKRU, nothing later (AMX).
+UML_XSTATE_BYTES = 2696
+
+# A tracer doing what user-mode-linux does on every switch to a guest process: read the FPU state
+# into its short buffer, change it, write it back; then read the whole state to see what stuck.
+_TRACER = r"""
+import ctypes, json, os, signal, sys
+libc = ctypes.CDLL(None, use_errno=True)
+libc.ptrace.restype = ctypes.c_long
+libc.ptrace.argtypes = [ctypes.c_long, ctypes.c_long, ctypes.c_void_p, ctypes.c_void_p]
+TRACEME, KILL, GETREGSET, SETREGSET, NT_X86_XSTATE = 0, 8, 0x4204, 0x4205, 0x202
+
+class IoVec(ctypes.Structure):
+    _fields_ = [("base", ctypes.c_void_p), ("len", ctypes.c_size_t)]
+
+def regset(request, pid, buf, size):
+    iov = IoVec(ctypes.addressof(buf), size)
+    rc = libc.ptrace(request, pid, NT_X86_XSTATE, ctypes.byref(iov))
+    return rc, ctypes.get_errno(), iov.len
+
+pid = os.fork()
+if pid == 0:
+    libc.ptrace(TRACEME, 0, None, None)
+    os.kill(os.getpid(), signal.SIGSTOP)
+    os._exit(0)
+os.waitpid(pid, 0)
+whole = ctypes.create_string_buffer(65536)
+_, _, host_size = regset(GETREGSET, pid, whole, 65536)
+short_size = int(sys.argv[1])
+short = ctypes.create_string_buffer(short_size)
+regset(GETREGSET, pid, short, short_size)
+pattern = bytes(range(16))
+ctypes.memmove(ctypes.addressof(short) + 160, pattern, 16)   # XMM0 in the legacy area
+rc, err, _ = regset(SETREGSET, pid, short, short_size)
+regset(GETREGSET, pid, whole, 65536)
+libc.ptrace(KILL, pid, None, None)
+os.waitpid(pid, 0)
+print(json.dumps({"host_size": host_size, "rc": rc, "errno": err,
+                  "xmm0_set": whole.raw[160:176] == pattern}))
+"""
+
+
+def _trace(preload: Path | None) -> dict[str, int]:
+    env = {k: v for k, v in os.environ.items() if k != "LD_PRELOAD"}
+    if preload is not None:
+        env["LD_PRELOAD"] = str(preload)
+    out = subprocess.run([sys.executable, "-c", _TRACER, str(UML_XSTATE_BYTES)], env=env,
+                         capture_output=True, text=True, check=True, timeout=30)
+    result: dict[str, int] = json.loads(out.stdout)
+    return result
+
+
+@pytest.mark.skipif(platform.machine() != "x86_64", reason="user-mode-linux is built for x86-64")
+def test_the_shim_turns_user_mode_linux_s_failing_fpu_restore_into_a_working_one() -> None:
+    shim = testkernel.xstate_shim()
+    assert shim is not None and shim.exists()
+    bare = _trace(None)
+    if bare["host_size"] > UML_XSTATE_BYTES:
+        # The call that panics the test kernel on AMX hosts: the host wants the whole area.
+        assert (bare["rc"], bare["errno"]) == (-1, errno.EFAULT), bare
+    else:
+        assert bare["rc"] == 0 and bare["xmm0_set"], bare
+    shimmed = _trace(shim)
+    assert shimmed["rc"] == 0, shimmed
+    assert shimmed["xmm0_set"], "the caller's registers must be what the task gets"
+
+
+def test_the_shim_is_built_once_per_source_version() -> None:
+    if platform.machine() != "x86_64":
+        assert testkernel.xstate_shim() is None
+        return
+    first = testkernel.xstate_shim()
+    assert first is not None
+    mtime = first.stat().st_mtime_ns
+    assert testkernel.xstate_shim() == first and first.stat().st_mtime_ns == mtime
+    assert first.name.startswith("uml_xstate-") and first.parent == testkernel.cache_dir()
+
+
+def _console(tmp_path: Path, lines: list[bytes]) -> tuple[testkernel.Console, bytes]:
+    sink = tmp_path / "sink"
+    with sink.open("wb") as f:
+        console = testkernel.Console(f.fileno(), tmp_path / "console.log")
+        read, write = os.pipe()
+        os.write(write, b"".join(lines))
+        os.close(write)
+        with os.fdopen(read, "rb") as stream:
+            console.copy(stream)
+        console.close()
+    return console, sink.read_bytes()
+
+
+def test_a_boot_that_panics_is_one_line_naming_the_cause_and_the_log(tmp_path: Path) -> None:
+    console, shown = _console(tmp_path, [
+        b"Checking that ptrace can change system call numbers...OK\n",
+        b"[    1.010000] mmapper_init - find_iomem failed\n",
+        b"[    1.210000] userspace - ptrace set fp regs failed, errno = 14\n",
+        b"[    1.210000] Kernel panic - not syncing: Attempted to kill init!\n",
+        b"[    1.210000]  [<6002d0ed>] do_signal+0x24/0x12d\n",
+    ])
+    assert shown == b""
+    line = console.failure(timed_out=False, timeout=60)
+    assert line == ("test kernel: the kernel did not come up: userspace - ptrace set fp regs "
+                    f"failed, errno = 14 (full console log: {tmp_path / 'console.log'})")
+    assert b"do_signal" in (tmp_path / "console.log").read_bytes()
+
+
+def test_after_boot_the_command_s_lines_are_shown_and_the_kernel_s_are_logged(
+        tmp_path: Path) -> None:
+    console, shown = _console(tmp_path, [
+        b"[    1.260000] Failed to initialize ubd device 0\n",
+        b"lvscare-test-kernel: up\n",
+        b"tests passed\n",
+        b"[    9.000000] Kernel panic - not syncing: sysrq triggered crash\n",
+        b"[    9.000000]  [<6002d0ed>] do_signal+0x24/0x12d\n",
+    ])
+    assert shown == b"tests passed\n"
+    assert console.failure(timed_out=False, timeout=60).startswith(
+        "test kernel: the command did not finish (kernel panic or killed): Kernel panic - not "
+        "syncing: sysrq triggered crash (full console log: ")
+    assert console.failure(timed_out=True, timeout=60).startswith(
+        "test kernel: the command did not finish within 60 s: Kernel panic")
