@@ -38,7 +38,8 @@ def build(n: int) -> tuple[Metrics, Snapshot]:
                 metrics.probe(key, outcome, latency)
         metrics.transition(key, State.DOWN)
     table, _ = core.desired(now)
-    core.reconciled([], table, table, time.time())
+    core.reconciled([], table, table)
+    core.succeeded(time.time())
     return metrics, core.snapshot({})
 
 

@@ -242,6 +242,9 @@ def parse_port(value: object, name: str, whole: object) -> int:
     if isinstance(value, bool) or not (isinstance(value, int) or
                                        (isinstance(value, str) and _digits(value.strip()))):
         raise UserError(f"{name}: {show(whole)} has no valid port")
+    if isinstance(value, str) and len(value.strip().lstrip("0")) > 5:
+        # Before int(): thousands of digits are a ValueError of Python's conversion limit.
+        raise UserError(f"{name}: the port in {show(whole)} is out of range 1-65535")
     port = int(value)
     if not 1 <= port <= 65535:
         raise UserError(f"{name}: port {port} in {show(whole)} is out of range 1-65535")
@@ -264,6 +267,8 @@ def parse_endpoint(value: object, name: str = "address") -> Endpoint:
             raise UserError(f"{name}: {show(value)} has no port (expected address:port)")
     if not host:
         raise UserError(f"{name}: {show(value)} has no address")
+    if "[" in host or "]" in host:
+        raise UserError(f"{name}: {show(value)} is not [IPv6]:port")
     ip = unicast(parse_ip(host, name), name, value)
     return Endpoint(ip, parse_port(port, name, value))
 

@@ -25,6 +25,7 @@ CTA_TUPLE_ORIG = 1
 CTA_TUPLE_IP, CTA_TUPLE_PROTO = 1, 2
 CTA_IP_V4_SRC, CTA_IP_V4_DST, CTA_IP_V6_SRC, CTA_IP_V6_DST = 1, 2, 3, 4
 CTA_PROTO_NUM, CTA_PROTO_SRC_PORT, CTA_PROTO_DST_PORT = 1, 2, 3
+BATCH = 256  # deletes per send(), as ipvs.BATCH
 
 
 def delete_request(src: Endpoint, dst: Endpoint) -> bytes:
@@ -53,11 +54,15 @@ class Conntrack:
         if self._sock is None:
             self._sock = Socket(NETLINK_NETFILTER, buffer=1 << 18)
         kind = (NFNL_SUBSYS_CTNETLINK << 8) | IPCTNL_MSG_CT_DELETE
-        answers = await self._sock.exchange([(kind, NLM_F_REQUEST | NLM_F_ACK, delete_request(c, v))
-                                             for c, v in flows])
-        for _, code in answers:
-            if code not in (0, errno.ENOENT):
-                raise NetlinkError(code, f"conntrack delete: {os.strerror(code)}")
+        # As the IPVS writes: a batch per send(). Every ACK of a failed delete (ENOENT: already
+        # gone) carries the request back, and thousands at once overflow the socket's buffer.
+        for start in range(0, len(flows), BATCH):
+            answers = await self._sock.exchange(
+                [(kind, NLM_F_REQUEST | NLM_F_ACK, delete_request(c, v))
+                 for c, v in flows[start:start + BATCH]])
+            for _, code in answers:
+                if code not in (0, errno.ENOENT):
+                    raise NetlinkError(code, f"conntrack delete: {os.strerror(code)}")
 
     def close(self) -> None:
         if self._sock is not None:

@@ -193,9 +193,13 @@ class Core:
         to be found before the reconcile deletes them."""
         out = []
         for key, state in want.items():
-            have = self._observed.get(key) or self._expected.get(key)
-            if have is not None:
-                out += [(key.endpoint, ep) for ep in sorted(have.dests) if ep not in state.dests]
+            # What was read before the last write, and what that write added: a real server
+            # re-added and killed within one interval is in the second only.
+            have: set[Endpoint] = set()
+            for table in (self._observed, self._expected):
+                if key in table:
+                    have |= set(table[key].dests)
+            out += [(key.endpoint, ep) for ep in sorted(have) if ep not in state.dests]
         return out
 
     def _planned(self, op: Op) -> bool:
@@ -210,8 +214,9 @@ class Core:
                 return previous is None or e in previous.dests
         return False
 
-    def reconciled(self, ops: list[Op], want: Table, observed: Table, wall: float) -> Reconciled:
-        """Record a successful reconcile that applied ``ops`` to reach ``want``."""
+    def reconciled(self, ops: list[Op], want: Table, observed: Table) -> Reconciled:
+        """Record that the kernel's table was brought to ``want`` by ``ops``. The reconcile as a
+        whole succeeded only once ``succeeded`` is called: the VIP's access comes after."""
         planned = [op for op in ops if self._planned(op)]
         repairs = [op for op in ops if not self._planned(op)]
         events = []
@@ -223,9 +228,13 @@ class Core:
         self._applied_once = True
         self._expected = want
         self._observed = observed
+        return Reconciled(planned, repairs, [op for op in ops if isinstance(op, DelDest)], events)
+
+    def succeeded(self, wall: float) -> None:
+        """The whole reconcile succeeded: table, client reset and every VIP's access. Only this
+        stamps the time /healthz and the metrics call the last successful reconcile."""
         self.last_reconcile = wall
         self.last_error = None
-        return Reconciled(planned, repairs, [op for op in ops if isinstance(op, DelDest)], events)
 
     def failed(self, error: str) -> None:
         self.last_error = error

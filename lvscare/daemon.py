@@ -33,7 +33,7 @@ from lvscare.effects import VipAccess, World
 from lvscare.errors import KernelError, RuntimeFailure, UserError
 from lvscare.health import ProbeResult, State
 from lvscare.log import get_logger
-from lvscare.members import apply_members, seed_weights
+from lvscare.members import apply_members, keep_departed_until_replaced, seed_weights
 from lvscare.metrics import Metrics
 from lvscare.plan import DelDest, Op, op_key, service_key
 from lvscare.snapshot import Snapshot
@@ -94,6 +94,9 @@ class Daemon:
         self._discovery = discovery
         self._seeds = seed_weights(cfg)  # the configured real servers' weights
         self._members: tuple[Endpoint, ...] | None = None  # the last discovered or saved list
+        self._departed_kept: frozenset[RsKey] = frozenset()  # left, still serving, kept for now
+        # Virtual servers of an earlier configuration still to remove: (its config, it, rules too)
+        self._old_leftovers: list[tuple[Config, VirtualServer, bool]] = []
 
     @property
     def cfg(self) -> Config:
@@ -174,6 +177,7 @@ class Daemon:
         kernel, and take over within ``STANDBY_RETRY`` of its end. False: stopped meanwhile."""
         endpoints = [vs.endpoint for vs in self.cfg.virtual_servers]
         if self.world.lock.acquire(endpoints):
+            self._warn_squatters()
             return True
         names = [str(e) for e in endpoints]
         log.warning("another lvscare manages these virtual servers on this node; standing by "
@@ -183,8 +187,14 @@ class Daemon:
                 await asyncio.wait_for(self._stop.wait(), STANDBY_RETRY)
             if not self._stop.is_set() and self.world.lock.acquire(endpoints):
                 log.info("the other lvscare has stopped; taking over", virtual_servers=names)
+                self._warn_squatters()
                 return True
         return False
+
+    def _warn_squatters(self) -> None:
+        if self.world.lock.ignored:
+            self._warn_once("squatter", "the node lock's name is held by a process that cannot "
+                            "manage IPVS: ignored (not an lvscare)", holders=self.world.lock.ignored)
 
     def request_stop(self, name: str = "stop") -> None:
         log.info("stopping", signal=name, rules="removed" if self.cfg.clean_on_exit else "kept")
@@ -230,6 +240,16 @@ class Daemon:
         except Exception as exc:  # a validation bug must not end the daemon
             log.error("reload failed, keeping the running configuration", error=repr(exc))
             return
+        # Discovery is set up once, at start (its kubeconfig, state file and thread): a reload
+        # that changes it is refused whole rather than half applied in silence.
+        fixed = [name for name, attr in (("discoverFrom", "discover_from"),
+                                         ("discoverInterval", "discover_interval"),
+                                         ("stateDir", "state_dir"))
+                 if getattr(new, attr) != getattr(self.cfg, attr)]
+        if fixed:
+            log.error("reload refused, keeping the running configuration: these settings apply "
+                      "at start only; restart lvscare to change them", settings=fixed)
+            return
         if not self.world.lock.acquire([vs.endpoint for vs in new.virtual_servers]):
             log.error("reload failed, keeping the running configuration: another lvscare "
                       "manages one of its virtual servers on this node")
@@ -241,13 +261,15 @@ class Daemon:
         for key in diff.removed:
             self.metrics.forget(key)
         # What the old configuration created and the new one does not want goes with the old
-        # settings (its interface), before the new access is built.
+        # settings (its interface), before the new access is built; if that fails, every
+        # reconcile tries again (and fails, for /healthz to tell) until it is gone.
+        back = {vs.endpoint for vs in new.virtual_servers}  # not to remove after all
+        self._old_leftovers = [x for x in self._old_leftovers if x[1].endpoint not in back]
+        self._old_leftovers += [(old, vs, True) for vs in diff.dropped]
+        self._old_leftovers += [(old, vs, False) for vs in diff.moved]
         try:
-            if diff.dropped:
-                await reconcile(self.world.ipvs, {}, [service_key(vs) for vs in diff.dropped])
-            for vs in (*diff.dropped, *diff.moved):
-                await old_access.remove(vs)
-        except KernelError as exc:
+            await self._remove_old(old_access)
+        except (KernelError, OSError) as exc:  # a netlink OSError too (ENOBUFS, EMSGSIZE)
             log.error("reload: cannot remove what the old configuration created", error=str(exc))
         old_access.close()
         self.access = self.world.access(new)
@@ -264,8 +286,26 @@ class Daemon:
                     log.error("reload: metrics not served", error=str(exc))
         self._iptables_checked = None
         self._access_ready.clear()
+        self._retain_probe_state()
         self._start_probes()
         self._log([diff.event()])
+
+    async def _remove_old(self, old_access: VipAccess | None = None) -> None:
+        """Remove the rules and VIP objects of virtual servers an earlier configuration had and
+        the running one dropped or moved, with that configuration's settings."""
+        while self._old_leftovers:
+            cfg, vs, rules = self._old_leftovers[0]
+            if rules:
+                await reconcile(self.world.ipvs, {}, [service_key(vs)])
+            access = old_access or self.world.access(cfg)
+            try:
+                if access is not old_access:
+                    await access.open()
+                await access.remove(vs)
+            finally:
+                if access is not old_access:
+                    access.close()
+            self._old_leftovers.pop(0)
 
     # -- discovery -------------------------------------------------------------------------------
 
@@ -277,23 +317,43 @@ class Daemon:
     async def _discovery_loop(self) -> None:
         assert self._discovery is not None
         discovery = self._discovery
+        crashed = False
         while not self._stop.is_set():
-            known = list(dict.fromkeys(rs.endpoint for vs in self.cfg.virtual_servers
-                                       for rs in vs.real_servers))
-            result = await discovery.poll(known)
-            if result.members is not None:
-                self._apply_members(result.members, result.via)
-                discovery.save_state(result.members)
-                self.core.discovery_last_success = discovery.last_success
-                self._wake.set()  # publish the new snapshot
+            try:
+                await self._discover_once(discovery)
+                if crashed:
+                    log.info("discovery round works again")
+                crashed = False
+            except Exception as exc:  # supervised: a bug or a surprise must not end discovery
+                discovery.failures["error"] = discovery.failures.get("error", 0) + 1
+                if not crashed:
+                    log.error("discovery round crashed; keeping the current real servers",
+                              error=repr(exc)[:300])
+                crashed = True
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stop.wait(), discovery.next_wait())
+
+    async def _discover_once(self, discovery: Discovery) -> None:
+        known = list(dict.fromkeys(rs.endpoint for vs in self.cfg.virtual_servers
+                                   for rs in vs.real_servers))
+        result = await discovery.poll(known)
+        if result.members is not None:
+            self._apply_members(result.members, result.via)
+            discovery.save_state(result.members)
+            self.core.discovery_last_success = discovery.last_success
+            self._wake.set()  # publish the new snapshot
 
     def _apply_members(self, members: tuple[Endpoint, ...], via: str) -> None:
         """Make the discovered members the real servers: new ones are probed and carry traffic
         after ``rise`` good probes, departed ones go (a seed too)."""
         self._members = members
-        new = apply_members(self.cfg, members, self._seeds)
+        serving = {k for k, h in self.core.health.items() if h.serving}
+        new, kept = keep_departed_until_replaced(apply_members(self.cfg, members, self._seeds),
+                                                 self.cfg, serving)
+        if kept - self._departed_kept:
+            log.info("control-plane members left: kept until a new member serves",
+                     kept=sorted(str(k[1]) for k in kept - self._departed_kept))
+        self._departed_kept = kept
         if new != self.cfg:
             diff = self.core.reload(new, self._now())
             for key in diff.removed:
@@ -301,6 +361,7 @@ class Daemon:
                 if task is not None:
                     task.cancel()
                 self.metrics.forget(key)
+            self._retain_probe_state()
             for key in sorted(diff.added, key=lambda k: (k[0], k[1])):
                 self._start_probe(key)
             log.info("control-plane members changed", added=sorted(str(k[1]) for k in diff.added),
@@ -309,6 +370,11 @@ class Daemon:
         self._note_sources(members, "discovered")
 
     # -- probing ---------------------------------------------------------------------------------
+
+    def _retain_probe_state(self) -> None:
+        """Let the prober close what it holds for real servers and checks no longer configured."""
+        self.world.prober.retain({(rs.endpoint, vs.health) for vs in self.cfg.virtual_servers
+                                  for rs in vs.real_servers})
 
     def _start_probes(self) -> None:
         for vs in self.cfg.virtual_servers:
@@ -350,7 +416,7 @@ class Daemon:
             if h.state is State.FAILING or h.state is State.RECOVERING:
                 wait = interval * CONFIRM_FRACTION
             wait = max(0.0, wait - (self._now() - started))
-            closed = prober.closed(key[1])
+            closed = prober.closed(key[1], vs.health)
             if closed is None:
                 await asyncio.sleep(wait)
                 continue
@@ -370,6 +436,9 @@ class Daemon:
         self._log([change.event()])
         if change.state_changed:
             self.metrics.transition(key, change.new.state)
+            if (self._departed_kept and change.new.serving and self._members is not None
+                    and key not in self._departed_kept):
+                self._apply_members(self._members, "health")  # a member serves: they may go
         self._wake.set()  # the reconcile also publishes the snapshot that shows slowness
 
     # -- reconciling -----------------------------------------------------------------------------
@@ -378,11 +447,18 @@ class Daemon:
         backoff = 0.0
         failing = False
         while not self._stop.is_set():
+            # Cleared before the work (the reload too), so that a state change or a stop request
+            # during it is not lost.
+            self._wake.clear()
             if self._reload_requested:
                 self._reload_requested = False
-                await self._reload()
-            # Cleared before the work, so that a state change during it is not lost.
-            self._wake.clear()
+                try:
+                    await self._reload()
+                except Exception as exc:  # the reconciles that follow repair what it left
+                    log.error("reload failed midway; reconciling towards the new configuration",
+                              error=repr(exc)[:300])
+                if self._stop.is_set():
+                    break
             try:
                 await self.reconcile_once()
                 if failing:
@@ -404,18 +480,20 @@ class Daemon:
                 await asyncio.wait_for(self._wake.wait(), backoff or self.cfg.interval)
 
     async def reconcile_once(self) -> list[Op]:
+        await self._remove_old()
         now = self._now()
         want, events = self.core.desired(now)
         self._log(events)
         found = await self._find_clients(self.core.deletions(want))
         with self.metrics.reconcile_timer():
             ops, observed = await reconcile_observed(self.world.ipvs, want, self.core.service_keys)
-        done = self.core.reconciled(ops, want, observed, self._wall())
+        done = self.core.reconciled(ops, want, observed)
         self._log(done.events)
         for op in done.repairs:
             self.metrics.repair(op_key(op).endpoint)
         await self._reset_clients(done.deleted, found)
         await self._ensure_access(now)
+        self.core.succeeded(self._wall())
         return ops
 
     def _pairs(self, keys: Iterable[RsKey]) -> list[tuple[VirtualServer, Endpoint]]:
@@ -430,12 +508,20 @@ class Daemon:
     async def _ensure_access(self, now: float) -> None:
         """The VIP's route, address and link every reconcile; the iptables rule less often."""
         iptables = self._iptables_checked is None or now - self._iptables_checked >= IPTABLES_EVERY
+        failures: list[Exception] = []
         for vs in self.cfg.virtual_servers:
             vip = str(vs.endpoint)
-            if await self.access.ensure(vs, iptables=iptables) and vip in self._access_ready:
+            try:
+                changed = await self.access.ensure(vs, iptables=iptables)
+            except Exception as exc:  # one VIP's failure must not leave the others unrepaired
+                failures.append(exc)
+                continue
+            if changed and vip in self._access_ready:
                 self.metrics.repair(vs.endpoint)
                 log.info("VIP access repaired", vs=vip, mode=vs.mode)
             self._access_ready.add(vip)
+        if failures:
+            raise failures[0]
         if iptables:
             self._iptables_checked = now
 

@@ -15,14 +15,17 @@ library in a thread (one small request every 30 s), the state file written atomi
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import http.client
 import os
 import random
 import socket
 import ssl
+import threading
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 from lvscare.config import Config, Endpoint
 from lvscare.errors import UserError
@@ -70,11 +73,42 @@ def _get(kc: KubeConfig, address: Endpoint | None, timeout: float) -> tuple[int,
         conn.close()
 
 
+T = TypeVar("T")
+
+
+async def in_daemon_thread(fn: Callable[..., T], *args: object) -> T:
+    """``fn(*args)`` in a daemon thread of its own. Not ``asyncio.to_thread``: its executor is
+    joined when the loop shuts down and again at interpreter exit, so a stopping daemon would wait
+    for a server that never finishes the TLS handshake (up to the socket timeout per call). A
+    cancelled caller leaves the thread to end by itself; the process does not wait for it."""
+    loop = asyncio.get_running_loop()
+    fut: asyncio.Future[T] = loop.create_future()
+
+    def settle(result: T | None, exc: BaseException | None) -> None:
+        if fut.done():
+            return
+        if exc is not None:
+            fut.set_exception(exc)
+        else:
+            fut.set_result(result)  # type: ignore[arg-type]
+
+    def work() -> None:
+        try:
+            result, exc = fn(*args), None
+        except BaseException as e:  # handed to the caller as is
+            result, exc = None, e
+        with contextlib.suppress(RuntimeError):  # the loop is gone: nobody waits any more
+            loop.call_soon_threadsafe(settle, result, exc)
+
+    threading.Thread(target=work, name="lvscare-discovery", daemon=True).start()
+    return await fut
+
+
 async def fetch(kc: KubeConfig, address: Endpoint | None, timeout: float) -> tuple[int, bytes]:
     """GET the Endpoints object from the kubeconfig's server, or from ``address`` with the same
     server name. Raises OSError, ssl.SSLError, http.client.HTTPException, TimeoutError,
     UserError (an unreadable certificate file)."""
-    return await asyncio.wait_for(asyncio.to_thread(_get, kc, address, timeout), timeout * 3)
+    return await asyncio.wait_for(in_daemon_thread(_get, kc, address, timeout), timeout * 3)
 
 
 @dataclass(frozen=True)
@@ -143,9 +177,10 @@ class Discovery:
         return state.members
 
     def save_state(self, members: Sequence[Endpoint]) -> None:
-        state = State(self.identity(), self.kube.server, self._wall(), tuple(members))
         tmp = f"{self.path}.tmp"
         try:
+            # The CA file may be unreadable right now (being rotated): no file this round.
+            state = State(self.identity(), self.kube.server, self._wall(), tuple(members))
             os.makedirs(os.path.dirname(self.path), exist_ok=True)
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
             with os.fdopen(fd, "wb") as fh:
@@ -153,11 +188,11 @@ class Discovery:
                 fh.flush()
                 os.fsync(fh.fileno())
             os.replace(tmp, self.path)
-        except OSError as exc:
+        except (OSError, UserError) as exc:
             self._count("state")
             if self._episode != "state":
                 log.warning("discovery state file not written; discovery goes on", path=self.path,
-                            error=exc.strerror or str(exc))
+                            error=getattr(exc, "strerror", None) or str(exc))
             self._episode = "state"
 
     # -- polling ---------------------------------------------------------------------------------

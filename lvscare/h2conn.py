@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import ssl
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -35,6 +34,14 @@ READ_SIZE = 65536
 
 class ConnectionGone(ConnectionError):
     """The connection ended before the answer: EOF, a reset, GOAWAY or a protocol error."""
+
+    protocol_error = False
+
+
+class BadAnswer(ConnectionGone):
+    """The server sent what HTTP/2 or HTTP does not allow: a broken server, not a dead one."""
+
+    protocol_error = True
 
 
 @dataclass(frozen=True)
@@ -143,9 +150,15 @@ class H2Connection:
                 self._flush()
         except asyncio.CancelledError:
             raise
-        except (OSError, ssl.SSLError, h2.exceptions.H2Error) as exc:
-            gone = exc if isinstance(exc, ConnectionGone) else ConnectionGone(
-                f"{type(exc).__name__}: {exc}")
+        except Exception as exc:  # any bad frame, or a bug, ends this connection only
+            # (OSError, TLS and h2 protocol errors, and whatever a malformed answer raises): every
+            # waiting probe gets the reason, and ``closed`` completes.
+            if isinstance(exc, ConnectionGone):
+                gone = exc
+            elif isinstance(exc, OSError):
+                gone = ConnectionGone(f"{type(exc).__name__}: {exc}"[:200])
+            else:  # h2's protocol errors, a malformed frame, a bug
+                gone = BadAnswer(f"{type(exc).__name__}: {exc}"[:200])
             self._end(gone)
         finally:
             self._writer.close()
@@ -160,6 +173,8 @@ class H2Connection:
             if stream is not None:
                 for name, value in event.headers or ():
                     if name == b":status":
+                        if not (len(value) == 3 and value.isdigit()):
+                            raise BadAnswer(f"malformed :status {bytes(value)[:20]!r}")
                         stream.status = int(value)
         elif isinstance(event, h2.events.DataReceived):
             # Give the window back, or a server would stop sending after 64 KiB of bodies.

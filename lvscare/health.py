@@ -170,7 +170,10 @@ def decide(
         fail_open = not serving and all_down == "keep" and bool(vs.real_servers)
         if serving:
             remembered[vs.endpoint] = serving
-        keep = remembered.get(vs.endpoint, frozenset()) if fail_open else frozenset()
+        present = frozenset(rs.endpoint for rs in vs.real_servers)
+        # Only real servers still configured can be kept: the memory of departed ones (every
+        # member replaced) is no memory at all.
+        keep = remembered.get(vs.endpoint, frozenset()) & present if fail_open else frozenset()
         if fail_open:
             held.add(vs.endpoint)
             if not keep:  # never seen healthy (e.g. adopted while all were down): keep all

@@ -17,11 +17,11 @@ from __future__ import annotations
 import datetime
 import ipaddress
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
-from lvscare.config import Config, Endpoint, RealServer, VirtualServer, parse_endpoint
+from lvscare.config import Config, Endpoint, RealServer, RsKey, VirtualServer, parse_endpoint
 from lvscare.errors import UserError
 
 STATE_VERSION = 1
@@ -39,7 +39,7 @@ def parse_endpoints(body: bytes) -> tuple[Endpoint, ...]:
     """The ready addresses and the https port of a ``kubernetes`` Endpoints object, sorted."""
     try:
         doc = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):  # deep nesting: RecursionError
         raise Unusable("decode", "the answer is not JSON") from None
     if not isinstance(doc, dict) or doc.get("kind", "Endpoints") != "Endpoints":
         raise Unusable("decode", "the answer is not an Endpoints object")
@@ -95,6 +95,28 @@ def apply_members(cfg: Config, members: Iterable[Endpoint],
     return replace(cfg, virtual_servers=tuple(out))
 
 
+def keep_departed_until_replaced(new: Config, old: Config, serving: Collection[RsKey]
+                                 ) -> tuple[Config, frozenset[RsKey]]:
+    """``new`` with the departed real servers that still serve kept, for each virtual server
+    none of whose members serves yet; and the keys kept.
+
+    Members arrive one at a time (the lease reconciler publishes them so at start) and a new one
+    serves only after ``rise`` good probes: taking out the last serving real servers before then
+    would leave the virtual server on fail-open, or empty. They go once a member serves."""
+    out, kept = [], set()
+    for vs in new.virtual_servers:
+        if any((vs.endpoint, rs.endpoint) in serving for rs in vs.real_servers):
+            out.append(vs)
+            continue
+        before = next((v for v in old.virtual_servers if v.endpoint == vs.endpoint), None)
+        present = {rs.endpoint for rs in vs.real_servers}
+        stay = tuple(rs for rs in (before.real_servers if before else ())
+                     if rs.endpoint not in present and (vs.endpoint, rs.endpoint) in serving)
+        kept |= {(vs.endpoint, rs.endpoint) for rs in stay}
+        out.append(replace(vs, real_servers=vs.real_servers + stay) if stay else vs)
+    return replace(new, virtual_servers=tuple(out)), frozenset(kept)
+
+
 def seed_weights(cfg: Config) -> dict[Endpoint, int]:
     return {rs.endpoint: rs.weight for vs in cfg.virtual_servers for rs in vs.real_servers}
 
@@ -129,5 +151,5 @@ def decode_state(data: bytes) -> State:
         if not members:
             raise Unusable("state", "no members")
         return State(str(doc["cluster"]), str(doc["server"]), float(doc["readAt"]), members)
-    except (ValueError, KeyError, TypeError, AttributeError, UserError) as exc:
+    except (ValueError, KeyError, TypeError, AttributeError, UserError, RecursionError) as exc:
         raise Unusable("state", f"not a state file ({type(exc).__name__})") from None

@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import ssl
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -82,6 +83,10 @@ class _H2:
 
     conn: H2Connection | None = None
     http1: bool = False  # the server did not choose h2: probe it with HTTP/1.1
+    told_http1: bool = False  # said so in the log (once per server)
+    # Two virtual servers sharing a real server and its health check share its probe state;
+    # their probes take turns, or both would open a connection and one would leak.
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     readiness: asyncio.Future[Answer] | None = None  # a readiness request still unanswered
     readiness_sid: int = 0
     readiness_sent: float = 0.0
@@ -96,25 +101,39 @@ class _H2:
         self.verdict = ProbeResult(Outcome.OK)
 
 
+# What a probe's state belongs to: the real server and the health check it is probed with. Two
+# virtual servers with different checks of one apiserver (path, CA) never mix their settings.
+Target = tuple[Endpoint, HealthCheck]
+
+
 class Prober:
-    """One aiohttp session and one HTTP/2 connection per real server for every probe of the
-    process."""
+    """One aiohttp session for every HTTP/1.1 probe of the process, and one HTTP/2 connection
+    per real server and health check."""
 
     def __init__(self) -> None:
         self._session: aiohttp.ClientSession | None = None
         self._contexts: dict[_Tls, ssl.SSLContext] = {}
         self._h2_contexts: dict[_Tls, ssl.SSLContext] = {}
-        self._closed: dict[Endpoint, asyncio.Future[None]] = {}
-        self._h2: dict[Endpoint, _H2] = {}
+        self._closed: dict[Target, asyncio.Future[None]] = {}
+        self._h2: dict[Target, _H2] = {}
 
-    def closed(self, rs: Endpoint) -> asyncio.Future[None] | None:
+    def closed(self, rs: Endpoint, hc: HealthCheck) -> asyncio.Future[None] | None:
         """Completes when the server closes the connection the last probe of ``rs`` used.
 
         A killed apiserver's kernel closes that idle connection at once, so the daemon can probe
         right then instead of at the next interval.
         """
-        fut = self._closed.get(rs)
+        fut = self._closed.get((rs, hc))
         return fut if fut is not None and not fut.done() else None
+
+    def retain(self, targets: Iterable[Target]) -> None:
+        """Forget every real server not in ``targets`` (gone by a reload or from the control
+        plane's members): its connection closes now, not when the server idles it out."""
+        keep = set(targets)
+        for target in [t for t in self._h2 if t not in keep]:
+            self._h2.pop(target).drop()
+        for target in [t for t in self._closed if t not in keep]:
+            del self._closed[target]
 
     def prepare(self, hc: HealthCheck) -> None:
         """Build the TLS context for ``hc`` now (at start, and again at a reload: the files may
@@ -200,9 +219,9 @@ class Prober:
                     # fall back to probing every interval (test_prober checks it is there).
                     protocol = getattr(response, "_protocol", None)
                     closed = getattr(protocol, "closed", None)
-                    if isinstance(closed, asyncio.Future) and closed is not self._closed.get(rs):
+                    if isinstance(closed, asyncio.Future) and closed is not self._closed.get((rs, hc)):
                         closed.add_done_callback(_consume)
-                        self._closed[rs] = closed
+                        self._closed[(rs, hc)] = closed
                     await response.read()
                     status = response.status
         except TimeoutError:
@@ -233,11 +252,17 @@ class Prober:
         return contexts[tls]
 
     async def _probe_h2(self, rs: Endpoint, hc: HealthCheck) -> ProbeResult:
-        st = self._h2.setdefault(rs, _H2())
+        st = self._h2.setdefault((rs, hc), _H2())
+        async with st.lock:
+            return await self._probe_h2_locked(rs, hc, st)
+
+    async def _probe_h2_locked(self, rs: Endpoint, hc: HealthCheck, st: _H2) -> ProbeResult:
         if st.http1:
             result = await self._probe_http(rs, hc)
-            if not result.ok:
-                st.http1 = False  # ask for h2 again on the next connection
+            if result.outcome.dead:
+                # It may come back upgraded: ask for h2 again on the next connection. A bad
+                # status is an HTTP/1.1 server answering: nothing to ask again.
+                st.http1 = False
             return result
         start = time.monotonic()
         for reused in (True, False):
@@ -264,7 +289,11 @@ class Prober:
                 # timeout, GOAWAY after a request limit): ask again once on a new one, as HTTP/1.1
                 # clients retry an idempotent request. A new connection that fails is an answer.
                 if not reused:
-                    return ProbeResult(Outcome.RESET, detail=str(exc)[:200])
+                    # A server that breaks the protocol is broken, not dead: it takes ``fall``
+                    # failures, as any error, where a reset is conclusive.
+                    broken = getattr(exc, "protocol_error", False)
+                    return ProbeResult(Outcome.ERROR if broken else Outcome.RESET,
+                                       detail=str(exc)[:200])
         conn = st.conn
         assert conn is not None
         rtt = time.monotonic() - start
@@ -338,8 +367,10 @@ class Prober:
             return ProbeResult(Outcome.TIMEOUT, detail=f"no connection in {hc.timeout:g}s")
         except NotH2 as exc:
             st.http1 = True
-            log.info("real server does not speak HTTP/2: probing it with HTTP/1.1 requests",
-                     rs=str(rs), alpn=str(exc))
+            if not st.told_http1:
+                st.told_http1 = True
+                log.info("real server does not speak HTTP/2: probing it with HTTP/1.1 requests",
+                         rs=str(rs), alpn=str(exc))
             return None
         except ssl.SSLError as exc:
             return ProbeResult(Outcome.TLS, detail=str(exc)[:200])
@@ -349,5 +380,5 @@ class Prober:
             return ProbeResult(Outcome.RESET, detail="connection reset")
         except OSError as exc:
             return ProbeResult(Outcome.ERROR, detail=(exc.strerror or str(exc))[:200])
-        self._closed[rs] = st.conn.closed
+        self._closed[(rs, hc)] = st.conn.closed
         return None

@@ -30,6 +30,7 @@ from lvscare import __version__
 from lvscare.careflags import load_config, parse_care_args
 from lvscare.config import DEFAULT_VS, parse_endpoint, parse_ip, show
 from lvscare.errors import UserError
+from lvscare.files import read_text_file
 
 DEFAULT_NAME = "kube-sealos-lvscare"
 DEFAULT_PATH = "/etc/kubernetes/manifests"
@@ -285,10 +286,14 @@ def set_image(path: Path, image: str) -> str:
     """Rewrite only the image of an existing manifest (``--set-img``, as sealctl)."""
     check_image(image)
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = yaml.safe_load(read_text_file(str(path), "--set-img: manifest"))
         spec = data["spec"]
         for c in [*spec.get("initContainers", []), *spec["containers"]]:
             c["image"] = image
-    except (OSError, yaml.YAMLError, KeyError, TypeError) as exc:
-        raise UserError(f"--set-img: cannot rewrite {path}: {exc}") from None
+    except UserError:
+        raise
+    except (OSError, yaml.YAMLError, KeyError, TypeError, AttributeError) as exc:
+        # AttributeError: a spec (or a container) that is not a mapping.
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise UserError(f"--set-img: cannot rewrite {path}: not a pod manifest ({reason})") from None
     return dump(data)

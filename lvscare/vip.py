@@ -334,6 +334,9 @@ class Iptables:
         changed = False
         # First in POSTROUTING, so that a CNI's RETURN for node traffic cannot skip our NAT.
         if not await self._exec(binary, "-C", "POSTROUTING", *self.JUMP, check=False):
+            # A reloaded firewall (firewalld, "iptables -t nat -F; -X") takes the chain with the
+            # jump: create it again. "Chain already exists" is the usual answer, and harmless.
+            await self._exec(binary, "-N", NAT_CHAIN, check=False)
             await self._exec(binary, "-I", "POSTROUTING", "1", *self.JUMP)
             changed = True
         if not await self._exec(binary, "-C", NAT_CHAIN, *self.rule(vs), check=False):

@@ -10,6 +10,7 @@ import argparse
 import logging
 import os
 import re
+import stat
 import sys
 import threading
 from collections.abc import Sequence
@@ -137,12 +138,21 @@ def _nodes(values: Sequence[str]) -> tuple[str, ...]:
     return tuple(nodes)
 
 
+MAX_SECRET_FILE = 64 << 10  # a password or a private key
+
+
 def _password(args: argparse.Namespace) -> str | None:
     from lvscare.config import show
 
     if args.passwd_file:
         try:
-            first = Path(args.passwd_file).read_text(encoding="utf-8").splitlines()[:1]
+            # Bounded: a pipe (<(pass show …)) is fine, /dev/zero must not fill the memory.
+            with open(args.passwd_file, "rb") as fh:
+                data = fh.read(MAX_SECRET_FILE + 1)
+            if len(data) > MAX_SECRET_FILE:
+                raise UsageError(f"--passwd-file: {show(args.passwd_file)} is larger than "
+                                 f"{MAX_SECRET_FILE >> 10} KiB")
+            first = data.decode("utf-8").splitlines()[:1]
         except OSError as exc:
             raise UsageError(f"--passwd-file: cannot read {show(args.passwd_file)}: "
                              f"{exc.strerror}") from None
@@ -164,6 +174,9 @@ def _node_path(value: str, flag: str) -> str:
 
     if not value.startswith("/") or not value.isprintable() or "\n" in value:
         raise UsageError(f"{flag}: {show(value)} must be an absolute path on the node")
+    if not value.strip("/"):
+        raise UsageError(f"{flag}: {show(value)} is the node's root directory, not a place of "
+                         "lvscare's")
     return value
 
 
@@ -203,6 +216,15 @@ def _key(path: str | None) -> str | None:
     import paramiko
 
     p = Path(path).expanduser()
+    try:
+        info = p.stat()
+    except OSError as exc:
+        raise UsageError(f"--pk: cannot read {p}: {exc.strerror}") from None
+    # paramiko reads the whole file: a device (/dev/zero) or a huge file must not get there.
+    if not stat.S_ISREG(info.st_mode):
+        raise UsageError(f"--pk: {p} is not a regular file")
+    if info.st_size > MAX_SECRET_FILE:
+        raise UsageError(f"--pk: {p} is larger than {MAX_SECRET_FILE >> 10} KiB: not a key")
     try:
         paramiko.PKey.from_path(p)
     except OSError as exc:

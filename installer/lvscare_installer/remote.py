@@ -22,6 +22,7 @@ from invoke.exceptions import CommandTimedOut
 from lvscare_installer.plan import redact
 
 _known_hosts_lock = threading.Lock()
+MAX_READ = 1 << 20  # the node files the installer reads are small (manifests, hosts)
 
 
 class RemoteError(Exception):
@@ -44,7 +45,9 @@ def split_host(address: str) -> tuple[str, int]:
     """``host``, ``host:port`` or ``[v6]:port``."""
     if address.startswith("["):
         host, _, rest = address[1:].partition("]")
-        return host, int(rest[1:]) if rest.startswith(":") else 22
+        if rest and not rest.startswith(":"):
+            raise ValueError(f"{address}: text after the ]")
+        return host, int(rest[1:]) if rest else 22
     if address.count(":") == 1:
         host, _, port = address.partition(":")
         return host, int(port)
@@ -144,7 +147,10 @@ class Remote:
         if self.root:
             try:
                 with self._sftp().open(path, "r") as fh:
-                    return bytes(fh.read()).decode()
+                    data = bytes(fh.read(MAX_READ + 1))
+                if len(data) > MAX_READ:
+                    raise RemoteError(f"cannot read {path}: larger than {MAX_READ >> 20} MiB")
+                return data.decode()
             except FileNotFoundError:
                 return None
             except OSError as exc:

@@ -90,6 +90,30 @@ def test_a_deleted_vip_route_address_or_link_is_back_within_two_seconds(lab: Lab
         care.stop()
 
 
+def test_a_firewall_reload_that_deletes_the_nat_chain_is_repaired_within_the_check_period(
+        lab: Lab) -> None:
+    """firewalld's reload or "iptables -t nat -F; iptables -t nat -X" takes our chain with the
+    jump to it: both come back within the iptables check period (10 s), and the daemon stays
+    healthy all along."""
+    ipt = ("iptables-legacy", "-w", "5", "-t", "nat")  # the test kernel's backend (no nf_tables)
+    care = Care(lab, "--mode", "link", "--metrics-address", "127.0.0.1:10262").start()
+    try:
+        wait(lambda: "MASQUERADE" in lab.run(*ipt, "-S", "LVSCARE-POSTROUTING", check=False).stdout,
+             15, care)
+        lab.run(*ipt, "-F")
+        lab.run(*ipt, "-X")
+        assert lab.run(*ipt, "-S", "LVSCARE-POSTROUTING", check=False).returncode != 0
+        wait(lambda: "MASQUERADE" in lab.run(*ipt, "-S", "LVSCARE-POSTROUTING",
+                                             check=False).stdout, 12, care)
+        assert "-j LVSCARE-POSTROUTING" in lab.run(*ipt, "-S", "POSTROUTING").stdout
+        assert lab.requests(VIP, count=3)["errors"] == []
+        assert not care.events("reconcile failed, will retry")
+        assert lab.run("curl", "-s", "-o", "/dev/null", "-w", "%{http_code}",
+                       "http://127.0.0.1:10262/healthz").stdout == "200"
+    finally:
+        care.stop()
+
+
 def test_sighup_moves_the_vip_to_the_new_interface_and_node_address(lab: Lab) -> None:
     """A reload leaves the node as a fresh start with the new file would: nothing of the old
     interface is left, the new one carries the VIP, and a new node address is the route's

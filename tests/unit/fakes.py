@@ -85,6 +85,7 @@ class FakeIpvs:
         self.reads = 0
         self.is_open = False
         self.refuse: int | None = None  # an errno every write fails with, while set
+        self.broken: OSError | None = None  # raised by every write, as a socket error, while set
 
     async def open(self) -> FakeIpvs:
         self.is_open = True
@@ -99,6 +100,8 @@ class FakeIpvs:
                 for k in keys if k in self.table}
 
     async def apply(self, ops: Sequence[Op]) -> ApplyResult:
+        if self.broken is not None:
+            raise self.broken
         result = ApplyResult()
         for op in ops:
             code = self.refuse or self._apply(op)
@@ -157,6 +160,7 @@ class FakeNode:
     ensures: list[tuple[str, str, bool]] = field(default_factory=list)  # (vip, iface, iptables)
     removes: list[tuple[str, str]] = field(default_factory=list)  # (vip, iface)
     open_accesses: int = 0
+    failing: set[str] = field(default_factory=set)  # VIPs whose ensure fails, as a netlink error
 
 
 class FakeAccess:
@@ -173,6 +177,8 @@ class FakeAccess:
     async def ensure(self, vs: VirtualServer, *, iptables: bool = True) -> bool:
         vip = str(vs.endpoint.ip)
         self.node.ensures.append((vip, self.iface, iptables))
+        if vip in self.node.failing:
+            raise KernelError(f"cannot add route to {vip}: Network is unreachable", errno.ENETUNREACH)
         want: set[tuple[str, ...]] = set()
         if vs.mode == "route":
             source = str(self.node_ip or "auto")
@@ -218,6 +224,7 @@ class FakeProber:
         self.prepared: list[HealthCheck] = []
         self._closed: dict[Endpoint, asyncio.Future[None]] = {}
         self.bad_ca: set[str] = set()  # CA paths prepare() refuses, as a missing file
+        self.retained: set[Endpoint] | None = None  # the last retain(): None before any
 
     def prepare(self, hc: HealthCheck) -> None:
         from lvscare.errors import UserError
@@ -260,9 +267,12 @@ class FakeProber:
             self._closed[rs] = loop.create_future()
         return ProbeResult(Outcome.OK, 0.002, 200)
 
-    def closed(self, rs: Endpoint) -> asyncio.Future[None] | None:
+    def closed(self, rs: Endpoint, hc: HealthCheck) -> asyncio.Future[None] | None:
         fut = self._closed.get(rs)
         return fut if fut is not None and not fut.done() else None
+
+    def retain(self, targets: Iterable[tuple[Endpoint, HealthCheck]]) -> None:
+        self.retained = {rs for rs, _ in targets}
 
     def count(self, rs: Endpoint, since: float = 0.0) -> int:
         return sum(1 for t, r, _ in self.probes if r == rs and t >= since)
@@ -325,6 +335,7 @@ class FakeLock:
     def __init__(self) -> None:
         self.others: set[str] = set()
         self.held: set[str] = set()
+        self.ignored: list[str] = []
 
     def acquire(self, virtual_servers: Iterable[Endpoint]) -> bool:
         wanted = {str(v) for v in virtual_servers}

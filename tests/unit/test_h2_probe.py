@@ -99,10 +99,10 @@ async def test_ping_every_probe_readiness_every_readiness_interval(prober: Probe
 
 async def test_the_connection_stands_between_probes(prober: Prober, server: Server) -> None:
     await prober.probe(server.rs, HC)
-    first = prober.closed(server.rs)
+    first = prober.closed(server.rs, HC)
     assert first is not None
     await probes(prober, server.rs, HC, 5)
-    assert prober.closed(server.rs) is first
+    assert prober.closed(server.rs, HC) is first
 
 
 async def test_bad_readiness_is_asked_every_probe_until_it_passes(prober: Prober, server: Server) -> None:
@@ -156,7 +156,7 @@ async def test_unanswered_pings_time_out(prober: Prober, server: Server) -> None
 
 async def test_a_killed_server_is_noticed_at_once_and_refuses(prober: Prober, server: Server) -> None:
     await probes(prober, server.rs, HC, 2)
-    closed = prober.closed(server.rs)
+    closed = prober.closed(server.rs, HC)
     assert closed is not None
     server.stop()
     await asyncio.wait_for(closed, 2)
@@ -223,3 +223,134 @@ def test_each_protocol_loads_only_its_own_client(server: Server, workdir: Path) 
     finally:
         http1.stop()
     assert out.stdout.splitlines()[-1].split() == ["ok", "True", "False"], out.stderr  # after its log line
+
+
+def _client_connections(port: int) -> int:
+    """Established TCP connections of this host to ``port`` on loopback (the client side)."""
+    n = 0
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        if int(fields[2].split(":")[1], 16) == port and fields[3] == "01":
+            n += 1
+    return n
+
+
+async def test_two_virtual_servers_sharing_a_member_keep_their_checks_apart(
+        prober: Prober, server: Server) -> None:
+    """With discovery, every virtual server of a family has the same members. Probes of one
+    apiserver under two checks (here: two readiness paths) never mix, and probes under one check
+    at the same moment share one connection instead of racing to open two (one leaked)."""
+    livez = replace(HC, path="/livez")
+    for _ in range(3):
+        results = await asyncio.gather(*(prober.probe(server.rs, hc)
+                                         for hc in (HC, HC, livez, livez)))
+        assert [r.outcome for r in results] == [Outcome.OK] * 4
+        await asyncio.sleep(0.05)
+    assert server.requests("/readyz") >= 2 and server.requests("/livez") >= 2
+    assert _client_connections(server.port) == 2  # one per check, none leaked
+    await prober.close()
+    await asyncio.sleep(0.1)
+    assert _client_connections(server.port) == 0
+
+
+async def test_a_member_that_is_gone_is_forgotten_with_its_connection(
+        prober: Prober, server: Server) -> None:
+    assert (await prober.probe(server.rs, HC)).outcome is Outcome.OK
+    assert _client_connections(server.port) == 1
+    prober.retain([(server.rs, replace(HC, path="/livez"))])  # another check: not this one
+    await asyncio.sleep(0.1)
+    assert _client_connections(server.port) == 0 and prober.closed(server.rs, HC) is None
+
+
+async def test_an_http1_server_failing_its_check_is_not_asked_for_http2_again(
+        prober: Prober, workdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A bad status is an answer of a live HTTP/1.1 server: no new ALPN handshake on every
+    other probe, no repeated log line. A dead one is asked again (it may come back upgraded)."""
+    from lvscare import prober as prober_module
+
+    opened = []
+    real_open = prober_module._open_h2
+
+    async def counting(*args: object) -> object:
+        opened.append(args)
+        return await real_open(*args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(prober_module, "_open_h2", counting)
+    server = Server(workdir, "--http1-only")
+    try:
+        server.set("500")
+        with structlog.testing.capture_logs() as logs:
+            assert await probes(prober, server.rs, HC, 6) == [Outcome.HTTP_STATUS] * 6
+        assert len(opened) == 1
+        assert [e["event"] for e in logs] == [
+            "real server does not speak HTTP/2: probing it with HTTP/1.1 requests"]
+        server.stop()
+        assert (await prober.probe(server.rs, HC)).outcome is Outcome.REFUSED
+        assert (await prober.probe(server.rs, HC)).outcome is Outcome.REFUSED
+        assert len(opened) == 2  # asked for h2 again once it was dead
+    finally:
+        server.stop()
+
+
+class MalformedStatusServer:
+    """An HTTP/2 server that answers every request with ``:status: 2x0`` (h2 validates nothing it
+    is told not to): what a broken proxy or server could send."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self.port = 0
+        self.server: asyncio.base_events.Server | None = None
+
+    async def start(self) -> MalformedStatusServer:
+        import ssl
+
+        import h2.config
+        import h2.connection
+        import h2.events
+
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(self.workdir / "apiserver.crt", self.workdir / "apiserver.key")
+        ctx.set_alpn_protocols(["h2"])
+
+        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            conn = h2.connection.H2Connection(h2.config.H2Configuration(
+                client_side=False, validate_outbound_headers=False,
+                normalize_outbound_headers=False))
+            conn.initiate_connection()
+            writer.write(conn.data_to_send())
+            with contextlib.suppress(Exception):
+                while data := await reader.read(65536):
+                    for event in conn.receive_data(data):
+                        if isinstance(event, h2.events.RequestReceived):
+                            conn.send_headers(event.stream_id, [(":status", "2x0")],
+                                              end_stream=True)
+                    writer.write(conn.data_to_send())
+            writer.close()
+
+        self.server = await asyncio.start_server(handle, "127.0.0.1", 0, ssl=ctx)
+        self.port = self.server.sockets[0].getsockname()[1]
+        return self
+
+
+async def test_a_malformed_status_is_a_failed_probe_with_a_reason(
+        prober: Prober, workdir: Path) -> None:
+    loop = asyncio.get_running_loop()
+    unhandled: list[dict[str, object]] = []
+    loop.set_exception_handler(lambda _loop, context: unhandled.append(context))
+    server = await MalformedStatusServer(workdir).start()
+    rs = Endpoint(ipaddress.ip_address("127.0.0.1"), server.port)
+    try:
+        result = await prober.probe(rs, HC)
+        # Broken, not dead: an error (it takes `fall` of them), never "slow … PINGs answered".
+        assert result.outcome is Outcome.ERROR
+        assert "malformed :status" in result.detail
+        assert prober.closed(rs, HC) is None  # the connection ended, its future completed
+        await prober.close()
+        await asyncio.sleep(0.05)
+        import gc
+
+        gc.collect()
+        assert unhandled == []  # no "Task exception was never retrieved"
+    finally:
+        assert server.server is not None
+        server.server.close()

@@ -274,3 +274,47 @@ def test_installer_join(flag: str, value: str) -> None:
         lines = err.strip().splitlines()
         assert len(lines) == 1 and "\x1b" not in lines[0], err
         assert flag in lines[0] or "installer join: error" in lines[0] or "--" in lines[0], err
+
+
+# Inputs that once escaped the sweep (issue 24): each is one line, exit 2, nothing done.
+ESCAPED = [
+    (cli.main, ["care", "--run-once", "--vs", "10.0.0.1:" + "1" * 5000, "--rs", "10.0.0.2:6443"],
+     "--vs: the port in"),
+    (cli.main, ["care", "--run-once", "--vs", "[[fd00::10]]:6443", "--rs", "[fd00::1]:6443"],
+     "--vs: '[[fd00::10]]:6443' is not [IPv6]:port"),
+]
+INSTALLER_ESCAPED = [
+    (["--passwd-file", "/dev/zero"], "--passwd-file: '/dev/zero' is larger than 64 KiB"),
+    (["--pk", "/dev/zero"], "--pk: /dev/zero is not a regular file"),
+    (["--node", "[::1]x"], "--node: '[::1]x' has no valid port"),
+    (["--manifest-path", "/"], "--manifest-path: '/' is the node's root directory"),
+    (["--state-dir", "//"], "--state-dir: '//' is the node's root directory"),
+]
+
+
+@pytest.mark.parametrize(("argv", "message"), [(a, m) for _, a, m in ESCAPED])
+def test_inputs_that_escaped_before_are_one_line(argv: list[str], message: str,
+                                                 accepted: list[Config]) -> None:
+    code, err = invoke(cli.main, argv)
+    assert code == 2 and len(err.strip().splitlines()) == 1 and message in err, err
+    assert accepted == []
+
+
+@pytest.mark.parametrize(("extra", "message"), INSTALLER_ESCAPED)
+def test_installer_inputs_that_escaped_before_are_one_line(extra: list[str], message: str) -> None:
+    from lvscare_installer import cli as installer_cli
+
+    argv = ["join", "--master", "10.0.0.2", "--node", "10.0.0.5", "--dry-run", *extra]
+    code, err = invoke(installer_cli.main, argv)
+    assert code == 2 and len(err.strip().splitlines()) == 1 and message in err, err
+
+
+@pytest.mark.parametrize("content", [b"apiVersion: v1\nkind: Pod\nspec: []\n",
+                                     b"spec:\n  containers: [7]\n", b"\xff\xfe\x00not text"])
+def test_set_img_on_a_manifest_that_is_not_a_pod(content: bytes, tmp_path: Path,
+                                                 accepted: list[Config]) -> None:
+    manifest = tmp_path / "kube-sealos-lvscare.yaml"
+    manifest.write_bytes(content)
+    code, err = invoke(cli.main, ["static-pod", "--set-img", "--path", str(tmp_path)])
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "--set-img" in err, err
+    assert manifest.read_bytes() == content

@@ -3,8 +3,11 @@ when released or when its holder dies. The kernel tests run two daemons against 
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import sys
+
+import pytest
 
 from lvscare.nodelock import NodeLock
 
@@ -46,3 +49,59 @@ def test_the_lock_ends_with_its_process() -> None:
         holder.kill()
         holder.wait()
         mine.release()
+
+
+SQUAT = """
+import socket, sys, time
+s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+s.bind("\\0lvscare 10.103.97.2:6443")
+if sys.argv[1] == "listen":
+    s.listen(1)
+print("bound", flush=True)
+time.sleep(60)
+"""
+
+
+def _squatter(how: str) -> subprocess.Popen[str]:
+    """Anyone on the node: uid 65534, no capabilities."""
+    proc = subprocess.Popen(["setpriv", "--reuid", "65534", "--regid", "65534", "--clear-groups",
+                             "--inh-caps=-all", sys.executable, "-c", SQUAT, how],
+                            stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None and proc.stdout.readline().strip() == "bound"
+    return proc
+
+
+@pytest.mark.parametrize("how", ["listen", "bind"])
+def test_a_squatter_on_the_lock_s_name_is_ignored_and_two_real_daemons_still_meet(
+        how: str) -> None:
+    squatter = _squatter(how)
+    first, second = NodeLock(), NodeLock()
+    try:
+        assert first.acquire([A])
+        assert len(first.ignored) == 1 and "'lvscare 10.103.97.2:6443'" in first.ignored[0]
+        assert ("uid 65534" if how == "listen" else "does not listen") in first.ignored[0]
+        assert not second.acquire([A])  # the real holder, one name further, counts
+        first.release()
+        assert second.acquire([A])
+    finally:
+        squatter.kill()
+        squatter.wait()
+        first.release()
+        second.release()
+
+
+def test_a_holder_on_a_loop_answers_any_number_of_contenders() -> None:
+    """Contenders connect to read the holder's credentials; a backlog left full would make the
+    holder look like a socket that does not listen, and a contender would take over."""
+
+    async def main() -> None:
+        holder = NodeLock()
+        assert holder.acquire([A])
+        try:
+            for _ in range(150):  # more than the backlog: a standby daemon looks every second
+                assert not NodeLock().acquire([A])
+                await asyncio.sleep(0)
+        finally:
+            holder.release()
+
+    asyncio.run(main())

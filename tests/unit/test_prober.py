@@ -173,7 +173,7 @@ async def test_probes_reuse_one_connection_without_hiding_a_dead_server(
 async def test_server_closing_the_probe_connection_is_noticed_at_once(
         prober: Prober, https: Server) -> None:
     assert (await prober.probe(ep(https.port), HC)).outcome is Outcome.OK
-    closed = prober.closed(ep(https.port))
+    closed = prober.closed(ep(https.port), HC)
     assert closed is not None and not closed.done()
     await https.stop()
     await asyncio.wait([closed], timeout=2)

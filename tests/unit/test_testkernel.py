@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from lvscare_rig import testkernel
+from lvscare_rig import claim, kernelsuite, testkernel
 
 # Debian's user-mode-linux (6.1 and 6.12) saves and restores a guest's FPU state in this many
 # bytes: x87/SSE, AVX, MPX, AVX-512 and PKRU, nothing later (AMX).
@@ -136,3 +136,59 @@ def test_after_boot_the_command_s_lines_are_shown_and_the_kernel_s_are_logged(
         "syncing: sysrq triggered crash (full console log: ")
     assert console.failure(timed_out=True, timeout=60).startswith(
         "test kernel: the command did not finish within 60 s: Kernel panic")
+
+
+def _result(nodeid: str, outcome: str = "passed", duration: float = 1.0,
+            worker: str = "k1") -> dict[str, object]:
+    return {"nodeid": nodeid, "worker": worker, "outcome": outcome, "duration": duration,
+            "longrepr": "[call]\nassert 1 == 2" if outcome == "failed" else "",
+            "sections": [["Captured stdout call", "what the test printed"]]
+            if outcome == "failed" else []}
+
+
+def test_the_combined_report_passes_only_when_every_selected_test_passed() -> None:
+    run = kernelsuite.Run(collected={"a", "b", "c"}, kernel_rc={"k1": 0, "k2": 0})
+    run.results = {n: _result(n, duration=d, worker=w)
+                   for n, d, w in [("a", 3.0, "k1"), ("b", 9.0, "k2"), ("c", 1.0, "k1")]}
+    lines, ok = kernelsuite.summarize(run)
+    assert ok
+    assert lines[-1] == "kernel: 3 passed, 0 failed"
+    slowest = lines[lines.index("==================== slowest 3 ====================") + 1:-1]
+    assert [s.split()[1] for s in slowest] == ["b", "a", "c"]
+
+
+def test_a_failure_shows_its_output_and_fails_the_suite() -> None:
+    run = kernelsuite.Run(collected={"a", "b"}, kernel_rc={"k1": 1, "k2": 0})
+    run.results = {"a": _result("a", "failed"), "b": _result("b", "skipped", worker="k2")}
+    lines, ok = kernelsuite.summarize(run)
+    assert not ok
+    assert lines[:5] == ["____________________ a (k1, failed) ____________________", "[call]",
+                         "assert 1 == 2", "---------- Captured stdout call ----------",
+                         "what the test printed"]
+    assert lines[-1] == "kernel: 0 passed, 1 failed, 1 skipped"
+
+
+def test_a_kernel_that_dies_fails_the_suite_with_the_tests_it_never_reported() -> None:
+    run = kernelsuite.Run(collected={"a", "b", "c"}, kernel_rc={"k1": 0, "k2": 1})
+    run.results = {"a": _result("a")}
+    lines, ok = kernelsuite.summarize(run)
+    assert not ok
+    assert "2 selected tests never reported a result (a kernel did not finish):" in lines
+    assert lines[-1] == "kernel: 1 passed, 2 failed"
+    # A kernel whose pytest broke (usage error, internal error) fails the suite even if the other
+    # kernel ran every test.
+    run = kernelsuite.Run(collected={"a"}, kernel_rc={"k1": 0, "k2": 4}, results={"a": _result("a")})
+    lines, ok = kernelsuite.summarize(run)
+    assert not ok and "kernel k2: pytest exited 4" in lines
+
+
+def test_nothing_run_is_not_a_pass() -> None:
+    lines, ok = kernelsuite.summarize(kernelsuite.Run(kernel_rc={"k1": 5, "k2": 5}))
+    assert not ok and lines[-1] == "kernel: 0 passed, 0 failed"
+
+
+def test_the_longest_tests_are_claimed_first_and_untimed_ones_count_as_typical() -> None:
+    hints = {"slow": 60.0, "mid": 10.0, "short": 4.0, "fast": 2.0}
+    assert claim.longest_first(["fast", "new", "slow", "mid", "short"], hints) == [
+        "slow", "mid", "new", "short", "fast"]
+    assert claim.longest_first(["b", "a"], {}) == ["b", "a"]
