@@ -86,7 +86,10 @@ def routes(snapshot: Callable[[], Snapshot], metrics: Metrics) -> dict[str, Call
         return code, "text/plain; charset=utf-8", (reason + "\n").encode()
 
     def get_status() -> Answer:
-        return 200, "application/json", json.dumps(status(snapshot(), time.monotonic())).encode()
+        body = status(snapshot(), time.monotonic())
+        # The daemon's own upkeep, for a soak test to see that nothing grows (bench/chaos.py).
+        body["asyncioTasks"] = len(asyncio.all_tasks())
+        return 200, "application/json", json.dumps(body).encode()
 
     def get_metrics() -> Answer:
         return 200, CONTENT_TYPE, metrics.render(snapshot())
