@@ -153,7 +153,8 @@ class Core:
                     h = initial(now, None)
                 else:
                     dest = existing.dests.get(rs.endpoint)
-                    h = initial(now, dest is not None and dest.weight > 0)
+                    h = initial(now, dest is not None and dest.weight > 0,
+                                draining=dest is not None and dest.weight == 0)
                 self.health[(vs.endpoint, rs.endpoint)] = h
             if existing is not None:
                 adopted.append(str(vs.endpoint))
@@ -174,7 +175,7 @@ class Core:
     def desired(self, now: float) -> tuple[Table, list[Event]]:
         """The table health asks for now, and what changed about fail-open."""
         decision = decide(self.cfg.virtual_servers, self.health, self._last_healthy, now,
-                          self.cfg.drain_period, self.cfg.all_down)
+                          self.cfg.drain_period, self.cfg.all_down, self._active())
         self._last_healthy = dict(decision.last_healthy)
         self.decision = decision
         events = []
@@ -187,6 +188,21 @@ class Core:
                                 {"vs": str(vs_ep)}))
         self._held = decision.all_down
         return desired_table(self.cfg.virtual_servers, decision.weights), events
+
+    @property
+    def draining_shutdowns(self) -> bool:
+        """A real server drains a graceful shutdown: its removal waits on the kernel's count of its
+        connections, which must then be read fresh, not from before the last write."""
+        return any(h.shutdown and not h.dead for h in self.health.values())
+
+    def read(self, observed: Table) -> None:
+        """The kernel's table, read now (connection counts for the decision)."""
+        self._observed = observed
+
+    def _active(self) -> dict[RsKey, int]:
+        """Established connections per real server, as the kernel counted at the last read."""
+        return {(key.endpoint, ep): d.active_conns for key, state in self._observed.items()
+                for ep, d in state.dests.items()}
 
     def deletions(self, want: Table) -> list[RsKey]:
         """Real servers in the kernel, as last read, that ``want`` takes out: their clients are

@@ -481,6 +481,8 @@ class Daemon:
 
     async def reconcile_once(self) -> list[Op]:
         await self._remove_old()
+        if self.core.draining_shutdowns:
+            self.core.read(await self.world.ipvs.read(self.core.service_keys))
         now = self._now()
         want, events = self.core.desired(now)
         self._log(events)

@@ -8,8 +8,11 @@ module only moves its bytes and turns its events into futures. A probe needs two
   no authentication, no Priority and Fairness, no audit.
 * ``request()``: one request on a new stream of the same connection, for readiness.
 
-``closed`` completes when the server ends the connection (EOF, reset, GOAWAY): the daemon then
-probes at once instead of at the next interval, as with HTTP/1.1.
+``closed`` completes when the connection takes no new stream (EOF, reset, GOAWAY): the daemon then
+probes at once instead of at the next interval, as with HTTP/1.1. A GOAWAY is not a failure: the
+streams at or below its last-stream-id are still answered on this connection (kube-apiserver's
+``--goaway-chance`` sends one with ordinary answers; its shutdown sends one to every connection),
+and ``graceful`` tells the prober that the server said goodbye rather than died.
 
 The caller opens the TLS connection and checks that ALPN chose ``h2`` (``prober``): this module,
 and ``h2`` with it, is imported only for a server that speaks HTTP/2.
@@ -33,9 +36,14 @@ READ_SIZE = 65536
 
 
 class ConnectionGone(ConnectionError):
-    """The connection ended before the answer: EOF, a reset, GOAWAY or a protocol error."""
+    """The connection ended before the answer: EOF, a reset, GOAWAY or a protocol error.
+    ``graceful``: the server said goodbye (GOAWAY NO_ERROR, a clean close), it did not fail."""
 
     protocol_error = False
+
+    def __init__(self, message: str, graceful: bool = False) -> None:
+        super().__init__(message)
+        self.graceful = graceful
 
 
 class BadAnswer(ConnectionGone):
@@ -48,6 +56,10 @@ class BadAnswer(ConnectionGone):
 class Answer:
     status: int
     at: float  # monotonic time the response ended
+    body: bytes = b""  # its first BODY_LIMIT bytes: /readyz names its failing checks
+
+
+BODY_LIMIT = 4096
 
 
 @dataclass
@@ -70,6 +82,10 @@ class H2Connection:
         self._ping_ids = itertools.count(1)
         loop = asyncio.get_running_loop()
         self.closed: asyncio.Future[None] = loop.create_future()
+        # GOAWAY(NO_ERROR) received, or the connection ended cleanly (EOF) without an error.
+        self.graceful = False
+        self.goaway = False  # GOAWAY(NO_ERROR) received: the server said goodbye
+        self._last_stream: int | None = None  # GOAWAY's last-stream-id: nothing new after it
         self._flush()
         self._task = loop.create_task(self._read())
 
@@ -83,7 +99,7 @@ class H2Connection:
         opaque = next(self._ping_ids).to_bytes(8, "big")
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         if self.is_closed:
-            fut.set_exception(ConnectionGone("connection closed"))
+            fut.set_exception(ConnectionGone("connection closed", graceful=self.graceful))
             return fut
         self._pings[opaque] = fut
         self._h2.ping(opaque)
@@ -95,7 +111,7 @@ class H2Connection:
         """Start a request; returns its stream id and a future of the answer."""
         fut: asyncio.Future[Answer] = asyncio.get_running_loop().create_future()
         if self.is_closed:
-            fut.set_exception(ConnectionGone("connection closed"))
+            fut.set_exception(ConnectionGone("connection closed", graceful=self.graceful))
             return 0, fut
         sid = self._h2.get_next_available_stream_id()
         hdrs = [(":method", method), (":scheme", "https"), (":authority", self._authority),
@@ -127,10 +143,14 @@ class H2Connection:
         self._flush()
 
     def close(self) -> None:
-        if not self.is_closed:
-            self._end(ConnectionGone("closed by lvscare"))
+        self._end(ConnectionGone("closed by lvscare", graceful=True))
         self._task.cancel()
         self._writer.close()
+
+    @property
+    def busy(self) -> bool:
+        """Requests still waiting for their answers (after a GOAWAY: those it promised)."""
+        return bool(self._streams)
 
     # -- the connection's loop ------------------------------------------------------------------
 
@@ -144,7 +164,10 @@ class H2Connection:
             while True:
                 data = await self._reader.read(READ_SIZE)
                 if not data:
-                    raise ConnectionGone("closed by the server")
+                    # Clean, as an idle timeout ends a connection; whether the server still
+                    # listens is the next connection's to tell.
+                    self.graceful = self.graceful or not self._streams
+                    raise ConnectionGone("closed by the server", graceful=self.graceful)
                 for event in self._h2.receive_data(data):
                     self._dispatch(event)
                 self._flush()
@@ -180,21 +203,49 @@ class H2Connection:
             # Give the window back, or a server would stop sending after 64 KiB of bodies.
             if event.flow_controlled_length and event.stream_id:
                 self._h2.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
+            stream = self._streams.get(event.stream_id or 0)
+            if stream is not None and event.data and sum(map(len, stream.body)) < BODY_LIMIT:
+                stream.body.append(bytes(event.data))
         elif isinstance(event, h2.events.StreamEnded):
             stream = self._streams.pop(event.stream_id or 0, None)
             if stream is not None and not stream.answer.done():
                 if stream.status is None:
                     stream.answer.set_exception(ConnectionGone("stream ended without a status"))
                 else:
-                    stream.answer.set_result(Answer(stream.status, time.monotonic()))
+                    stream.answer.set_result(Answer(stream.status, time.monotonic(),
+                                                    b"".join(stream.body)[:BODY_LIMIT]))
+            self._end_if_drained()
         elif isinstance(event, h2.events.StreamReset):
             stream = self._streams.pop(event.stream_id or 0, None)
             if stream is not None and not stream.answer.done():
                 stream.answer.set_exception(ConnectionGone(f"stream reset ({event.error_code!s})"))
+            self._end_if_drained()
         elif isinstance(event, h2.events.ConnectionTerminated):
-            # GOAWAY: a server shutting down (or restarting) takes no new streams on this
-            # connection; the next probe opens a new one, which tells whether it still listens.
-            raise ConnectionGone(f"GOAWAY ({event.error_code!s})")
+            # GOAWAY: no new streams on this connection; the next probe opens a new one, which
+            # tells whether the server still listens. With NO_ERROR it is a goodbye (a shutdown,
+            # --goaway-chance, an idle timeout), not a failure: the streams it promised (up to
+            # last-stream-id) still get their answers here.
+            code = event.error_code
+            graceful = code == h2.errors.ErrorCodes.NO_ERROR or code == 0
+            if not graceful:
+                raise ConnectionGone(f"GOAWAY ({code!s})")
+            self.graceful = self.goaway = True
+            last = event.last_stream_id if event.last_stream_id is not None else 0
+            self._last_stream = last
+            gone = ConnectionGone(f"GOAWAY ({code!s}): not processed", graceful=True)
+            for sid in [sid for sid in self._streams if sid > last]:
+                answer = self._streams.pop(sid).answer
+                if not answer.done():
+                    answer.set_exception(gone)
+                    answer.exception()
+            if not self.closed.done():
+                self.closed.set_result(None)  # no new streams: wake the prober
+            self._end_if_drained()
+
+    def _end_if_drained(self) -> None:
+        """After a GOAWAY, the connection ends once its promised answers are in."""
+        if self._last_stream is not None and not self._streams:
+            raise ConnectionGone("GOAWAY: every promised answer received", graceful=True)
 
     def _end(self, exc: ConnectionGone) -> None:
         if not self.closed.done():

@@ -12,6 +12,11 @@ What a failure means decides what happens in the kernel:
 * unhealthy (an HTTP status that does not count): weight 0 first, so established connections
   finish (an apiserver in its shutdown delay still serves them); deleted after the drain period,
   or at once if it turns dead.
+* shutting down (readiness answers ``[-]shutdown failed``, or the server stopped listening right
+  after a GOAWAY(NO_ERROR)): a graceful shutdown still serving what it accepted. Weight 0 at once
+  (no new connections), never reset: deleted only when the kernel shows none of its connections
+  established any more, or when it turns dead (timeout, reset, TLS), or after
+  ``SHUTDOWN_DRAIN_MAX``. A refused connection then is the closed listener, not a death.
 * slow (HTTP/2 only: PINGs answered, the readiness request not in time): alive but overloaded.
   Neither a success nor a failure: a serving real server stays serving (marked ``slow``), one
   that is out stays out until it answers readiness in time. Ejecting a server for slowness moves
@@ -53,10 +58,11 @@ class Outcome(_Text):
     HTTP_STATUS = "http_status"
     ERROR = "error"
     SLOW = "slow"
+    SHUTDOWN = "shutdown"  # /readyz says shutting down, or it stopped listening after a GOAWAY
 
     @property
     def dead(self) -> bool:
-        return self not in (Outcome.OK, Outcome.HTTP_STATUS, Outcome.SLOW)
+        return self not in (Outcome.OK, Outcome.HTTP_STATUS, Outcome.SLOW, Outcome.SHUTDOWN)
 
     @property
     def conclusive(self) -> bool:
@@ -85,6 +91,7 @@ class Health:
     drain_since: float | None = None  # weight 0 since; None when not draining
     last: ProbeResult | None = None
     slow: bool = False  # alive, readiness late (only HTTP/2 probes tell)
+    shutdown: bool = False  # draining a graceful shutdown: out when its connections end
 
     @property
     def serving(self) -> bool:
@@ -92,9 +99,13 @@ class Health:
         return self.state in (State.HEALTHY, State.FAILING)
 
 
-def initial(now: float, present: bool | None = True) -> Health:
+def initial(now: float, present: bool | None = True, draining: bool = False) -> Health:
     """Health before any probe. ``present``: the kernel already serves it (True), the kernel
-    has the virtual server but not it (False: wait for probes), or a fresh start (None)."""
+    has the virtual server but not it (False: wait for probes), or a fresh start (None).
+    ``draining``: the kernel holds it at weight 0 (a restarted daemon's predecessor was draining
+    it): it stays so, its clients untouched, until a probe says what it is."""
+    if draining:
+        return Health(State.DOWN, since=now, drain_since=now, shutdown=True)
     if present is False:
         return Health(State.DOWN, since=now, dead=True)
     return Health(State.HEALTHY, since=now)
@@ -110,6 +121,18 @@ def step(h: Health, result: ProbeResult, now: float, rise: int, fall: int) -> He
         return replace(h, slow=True, last=result)
     if h.slow:
         h = replace(h, slow=False)
+    stopped = result.outcome is Outcome.REFUSED and h.shutdown and not h.dead
+    if result.outcome is Outcome.SHUTDOWN or stopped:
+        # Asked to stop, or its listener closed while shutting down: no new connections, and
+        # what it serves is left to finish. Not a failure that needs `fall` confirmations.
+        if h.dead and not h.serving:
+            return replace(h, state=State.DOWN, successes=0, last=result)
+        return Health(State.DOWN, successes=0, failures=h.failures + 1,
+                      since=h.since if h.state is State.DOWN else now,
+                      drain_since=h.drain_since if not h.serving and h.drain_since is not None
+                      else now, last=result, shutdown=True)
+    if h.shutdown and not result.ok and not result.outcome.dead:
+        h = replace(h, shutdown=False)  # sick after all (a check other than shutdown fails)
     if result.ok:
         if h.state in (State.HEALTHY, State.FAILING):
             return replace(h, state=State.HEALTHY, successes=h.successes + 1, failures=0,
@@ -119,7 +142,8 @@ def step(h: Health, result: ProbeResult, now: float, rise: int, fall: int) -> He
         if successes >= rise:
             return Health(State.HEALTHY, successes=successes, since=now, last=result)
         return replace(h, state=State.RECOVERING, successes=successes, failures=0,
-                       since=h.since if h.state is State.RECOVERING else now, last=result)
+                       since=h.since if h.state is State.RECOVERING else now, last=result,
+                       shutdown=False)
 
     dead = result.outcome.dead
     failures = h.failures + 1
@@ -127,7 +151,7 @@ def step(h: Health, result: ProbeResult, now: float, rise: int, fall: int) -> He
         # Still down; a dead result ends a drain early.
         return replace(h, state=State.DOWN, successes=0, failures=failures,
                        since=h.since if h.state is State.DOWN else now,
-                       dead=h.dead or dead, last=result)
+                       dead=h.dead or dead, last=result, shutdown=h.shutdown and not dead)
     if failures >= fall or (dead and result.outcome.conclusive):
         return Health(State.DOWN, successes=0, failures=failures, since=now, dead=dead,
                       drain_since=None if dead else now, last=result)
@@ -135,11 +159,27 @@ def step(h: Health, result: ProbeResult, now: float, rise: int, fall: int) -> He
                    since=h.since if h.state is State.FAILING else now, last=result)
 
 
-def kernel_weight(h: Health, weight: int, now: float, drain_period: float) -> int | None:
-    """The weight this real server should have in the kernel; None means not in the kernel."""
+# A shutdown's drain ends with its connections; this bounds it if they never end (kube-apiserver:
+# --shutdown-delay-duration, then up to --request-timeout 60 s for what is in flight).
+SHUTDOWN_DRAIN_MAX = 300.0
+
+
+def kernel_weight(h: Health, weight: int, now: float, drain_period: float,
+                  active: int | None = None) -> int | None:
+    """The weight this real server should have in the kernel; None means not in the kernel.
+    ``active``: its established connections as the kernel last counted them (None: it does not
+    hold it)."""
     if h.serving:
         return weight
-    if h.dead or h.drain_since is None or now - h.drain_since >= drain_period:
+    if h.dead or h.drain_since is None:
+        return None
+    if h.shutdown:
+        if h.last is None:
+            return 0  # adopted at weight 0: so until a probe says what it is
+        if active is None or active == 0 or now - h.drain_since >= SHUTDOWN_DRAIN_MAX:
+            return None
+        return 0
+    if now - h.drain_since >= drain_period:
         return None
     return 0
 
@@ -158,6 +198,7 @@ def decide(
     now: float,
     drain_period: float,
     all_down: str = "keep",
+    active: Mapping[RsKey, int] | None = None,
 ) -> Decision:
     """Weights for every real server, with fail-open when a virtual server would be left with
     no real server taking new connections: then it keeps the ones that were healthy last."""
@@ -183,5 +224,6 @@ def decide(
             if rs.endpoint in keep:
                 weights[key] = rs.weight
             else:
-                weights[key] = kernel_weight(health[key], rs.weight, now, drain_period)
+                weights[key] = kernel_weight(health[key], rs.weight, now, drain_period,
+                                             (active or {}).get(key))
     return Decision(weights, frozenset(held), remembered)

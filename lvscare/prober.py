@@ -48,6 +48,21 @@ def _consume(fut: asyncio.Future[None]) -> None:
         fut.exception()
 
 
+# kube-apiserver's /readyz names its failing checks; this one is its graceful shutdown (from
+# SIGTERM on, while it still serves through --shutdown-delay-duration and its in-flight requests).
+SHUTDOWN_CHECK = b"[-]shutdown failed"
+
+
+def _bad_status(status: int, body: bytes) -> ProbeResult:
+    """A failing readiness answer: shutting down, or sick (lost etcd, a failing informer...)."""
+    if SHUTDOWN_CHECK in body:
+        return ProbeResult(Outcome.SHUTDOWN, status=status, detail=f"HTTP {status}: shutting down")
+    failing = [line[3:].split(b" ")[0].decode(errors="replace")
+               for line in body.splitlines() if line.startswith(b"[-]")]
+    detail = f"HTTP {status}" + (f": {', '.join(failing[:3])} failed" if failing else "")
+    return ProbeResult(Outcome.HTTP_STATUS, status=status, detail=detail)
+
+
 class NotH2(Exception):
     """The server did not choose ``h2`` by ALPN (an HTTP/1.1-only server or proxy)."""
 
@@ -89,16 +104,36 @@ class _H2:
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     readiness: asyncio.Future[Answer] | None = None  # a readiness request still unanswered
     readiness_sid: int = 0
+    readiness_conn: H2Connection | None = None  # where it was sent (a retired one, after a GOAWAY)
     readiness_sent: float = 0.0
     readiness_next: float = 0.0
     ready_streak: int = 0  # readiness answers in time, in a row, on this connection
     verdict: ProbeResult = field(default_factory=lambda: ProbeResult(Outcome.OK))
+    # Connections that said goodbye (GOAWAY NO_ERROR) and still owe an answer: kept until they
+    # end by themselves.
+    retired: list[H2Connection] = field(default_factory=list)
+    goodbye: bool = False  # the last connection ended with GOAWAY(NO_ERROR); none opened since
 
     def drop(self) -> None:
-        if self.conn is not None:
-            self.conn.close()
-        self.conn, self.readiness, self.ready_streak = None, None, 0
+        """Forget the connection and what it proved: after a failure."""
+        for conn in (self.conn, *self.retired):
+            if conn is not None:
+                conn.close()
+        self.conn, self.readiness, self.ready_streak, self.retired = None, None, 0, []
         self.verdict = ProbeResult(Outcome.OK)
+        self.goodbye = False
+
+    def retire(self) -> None:
+        """The connection ended without a failure (GOAWAY NO_ERROR, an idle close): keep what
+        readiness proved and the answer it still owes; the next probe opens a new one."""
+        conn, self.conn = self.conn, None
+        self.retired = [c for c in self.retired if not c.is_closed or c.busy]
+        if conn is not None:
+            self.goodbye = conn.goaway
+            if conn.busy:
+                self.retired.append(conn)
+            else:
+                conn.close()
 
 
 # What a probe's state belongs to: the real server and the health check it is probed with. Two
@@ -222,7 +257,7 @@ class Prober:
                     if isinstance(closed, asyncio.Future) and closed is not self._closed.get((rs, hc)):
                         closed.add_done_callback(_consume)
                         self._closed[(rs, hc)] = closed
-                    await response.read()
+                    body = (await response.content.read(4096))
                     status = response.status
         except TimeoutError:
             return ProbeResult(Outcome.TIMEOUT, detail=f"no answer in {hc.timeout:g}s")
@@ -243,7 +278,7 @@ class Prober:
             return ProbeResult(Outcome.ERROR, detail=str(exc)[:200] or type(exc).__name__)
         if status < 400 or status in hc.status:
             return ProbeResult(Outcome.OK, status=status)
-        return ProbeResult(Outcome.HTTP_STATUS, status=status, detail=f"HTTP {status}")
+        return _bad_status(status, body)
 
     def _context(self, hc: HealthCheck, contexts: dict[_Tls, ssl.SSLContext]) -> ssl.SSLContext:
         tls = _Tls(hc.ca, hc.cert, hc.key, hc.insecure_skip_verify)
@@ -268,10 +303,22 @@ class Prober:
         for reused in (True, False):
             if st.conn is None or st.conn.is_closed:
                 reused = False
-                st.drop()
+                if st.conn is not None:
+                    if st.conn.graceful:
+                        st.retire()
+                    else:
+                        st.drop()
                 failed = await self._connect_h2(rs, hc, st)
                 if failed is not None:
+                    if failed.outcome is Outcome.REFUSED and (
+                            st.goodbye or st.verdict.outcome is Outcome.SHUTDOWN):
+                        # It said goodbye (or that it is shutting down) and then stopped
+                        # listening: a graceful shutdown serving its last requests, not a death.
+                        return ProbeResult(Outcome.SHUTDOWN, detail="stopped listening after "
+                                           + ("GOAWAY" if st.goodbye else "/readyz said shutdown"))
+                    st.drop()
                     return failed
+                st.goodbye = False
                 if st.http1:
                     return await self._probe_http(rs, hc)
             assert st.conn is not None
@@ -284,6 +331,12 @@ class Prober:
                 st.drop()
                 return ProbeResult(Outcome.TIMEOUT, detail=f"PING unanswered in {hc.timeout:g}s")
             except ConnectionError as exc:
+                if getattr(exc, "graceful", False):
+                    # GOAWAY(NO_ERROR) instead of the PING's answer: a live server saying goodbye
+                    # (--goaway-chance, an idle timeout, a shutdown). Alive; the next probe
+                    # opens a new connection and finds out whether it still listens.
+                    st.retire()
+                    break
                 st.drop()
                 # A standing connection may end between probes for good reasons (an idle
                 # timeout, GOAWAY after a request limit): ask again once on a new one, as HTTP/1.1
@@ -294,8 +347,6 @@ class Prober:
                     broken = getattr(exc, "protocol_error", False)
                     return ProbeResult(Outcome.ERROR if broken else Outcome.RESET,
                                        detail=str(exc)[:200])
-        conn = st.conn
-        assert conn is not None
         rtt = time.monotonic() - start
         if st.readiness is not None and not st.readiness.done():
             # What is left of the timeout since the request was sent; nothing if an earlier
@@ -303,7 +354,7 @@ class Prober:
             left = st.readiness_sent + hc.timeout - time.monotonic()
             if left > 0:
                 await asyncio.wait([st.readiness], timeout=left)
-        self._readiness_verdict(st, hc, conn)
+        self._readiness_verdict(st, hc)
         if st.verdict.ok:
             return ProbeResult(Outcome.OK, status=st.verdict.status, detail="")
         return ProbeResult(st.verdict.outcome, rtt, st.verdict.status, st.verdict.detail)
@@ -319,9 +370,10 @@ class Prober:
         if st.readiness is None and (eager or now >= st.readiness_next):
             st.readiness_sid, st.readiness = conn.request(
                 hc.method, hc.path_for(h2=True), hc.headers, hc.body.encode())
+            st.readiness_conn = conn
             st.readiness_sent, st.readiness_next = now, now + hc.readiness_interval
 
-    def _readiness_verdict(self, st: _H2, hc: HealthCheck, conn: H2Connection) -> None:
+    def _readiness_verdict(self, st: _H2, hc: HealthCheck) -> None:
         """Update ``st.verdict`` from the readiness request, answered or not."""
         fut = st.readiness
         if fut is None:
@@ -330,7 +382,8 @@ class Prober:
         if not fut.done():
             waited = time.monotonic() - st.readiness_sent
             if waited >= hc.readiness_interval:
-                conn.cancel(st.readiness_sid)  # the next one is due; one at a time
+                if st.readiness_conn is not None:
+                    st.readiness_conn.cancel(st.readiness_sid)  # the next one is due; one at a time
                 st.readiness = None
             st.ready_streak = 0
             st.verdict = ProbeResult(Outcome.SLOW, detail=f"{path} unanswered after {waited:.2f}s; "
@@ -338,6 +391,8 @@ class Prober:
             return
         st.readiness = None
         exc = fut.exception() if not fut.cancelled() else None
+        if getattr(exc, "graceful", False):
+            return  # a GOAWAY left it unprocessed: asked again on the new connection, no verdict
         if exc is not None or fut.cancelled():
             st.ready_streak = 0
             st.verdict = ProbeResult(Outcome.ERROR, detail=f"{path}: {exc or 'cancelled'}"[:200])
@@ -346,7 +401,7 @@ class Prober:
         status, waited = answer.status, answer.at - st.readiness_sent
         if not (status < 400 or status in hc.status):
             st.ready_streak = 0
-            st.verdict = ProbeResult(Outcome.HTTP_STATUS, status=status, detail=f"HTTP {status}")
+            st.verdict = _bad_status(status, answer.body)
         elif waited > hc.timeout:
             st.ready_streak = 0
             st.verdict = ProbeResult(Outcome.SLOW, status=status,

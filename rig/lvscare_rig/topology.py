@@ -29,6 +29,7 @@ from pathlib import Path
 _counter = itertools.count(1)
 BACKEND = str(Path(__file__).with_name("backend.py"))
 H2BACKEND = str(Path(__file__).with_name("h2backend.py"))
+APISERVER = str(Path(__file__).with_name("apiserver.py"))
 # What a backend runs: our stdlib HTTP/1.1 server (with the tls-hang fault), or hypercorn with
 # ALPN h2 (as kube-apiserver) or ALPN http/1.1 only.
 SERVERS = ("stdlib", "h2", "h2-http1")

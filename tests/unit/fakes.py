@@ -13,7 +13,7 @@ import errno
 import ipaddress
 import selectors
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from lvscare.clientreset import Found, ResetResult
 from lvscare.config import Config, Endpoint, HealthCheck, IPAddress, VirtualServer
@@ -86,6 +86,7 @@ class FakeIpvs:
         self.is_open = False
         self.refuse: int | None = None  # an errno every write fails with, while set
         self.broken: OSError | None = None  # raised by every write, as a socket error, while set
+        self.active: dict[str, int] = {}  # established connections per real server, as read
 
     async def open(self) -> FakeIpvs:
         self.is_open = True
@@ -96,7 +97,9 @@ class FakeIpvs:
 
     async def read(self, keys: Iterable[ServiceKey]) -> Table:
         self.reads += 1
-        return {k: ServiceState(self.table[k].service, dict(self.table[k].dests))
+        return {k: ServiceState(self.table[k].service, {
+                    ep: replace(d, active_conns=self.active.get(str(ep), 0))
+                    for ep, d in self.table[k].dests.items()})
                 for k in keys if k in self.table}
 
     async def apply(self, ops: Sequence[Op]) -> ApplyResult:
@@ -263,6 +266,8 @@ class FakeProber:
             return ProbeResult(Outcome.HTTP_STATUS, 0.002, int(fault), f"HTTP {fault}")
         if fault == "slow":
             return ProbeResult(Outcome.SLOW, 0.002, None, "/readyz unanswered after 0.80s; PINGs answered")
+        if fault == "shutdown":  # /readyz said so, or it stopped listening after its GOAWAY
+            return ProbeResult(Outcome.SHUTDOWN, 0.002, None, "stopped listening after GOAWAY")
         if rs not in self._closed:
             self._closed[rs] = loop.create_future()
         return ProbeResult(Outcome.OK, 0.002, 200)

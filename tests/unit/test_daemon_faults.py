@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import random
 import subprocess
 import sys
 import time
@@ -209,3 +210,80 @@ def test_a_reload_that_changes_discovery_is_refused_whole(tmp_path: Path) -> Non
         assert not r.events("reloaded")
 
     play(drive, cfg=running, reload=lambda: changed)
+
+
+# -- graceful shutdowns (issue 23) ----------------------------------------------------------------
+
+
+def test_a_shutting_down_server_is_drained_until_its_connections_end_never_reset() -> None:
+    """kubeadm's default --shutdown-delay-duration 0: the listener closes at once while the
+    process still serves what it accepted (up to --request-timeout 60 s). Weight 0, its clients
+    left alone, out when the kernel shows none of its connections established."""
+
+    async def drive(r: Run) -> None:
+        rs2 = ep(RS2)
+        await r.until(lambda: r.fake.ipvs.weights() == ALL, 2)
+        r.fake.ipvs.active[RS2] = 4  # long requests in flight
+        r.fake.prober.set_fault(rs2, "shutdown")
+        await r.until(lambda: r.fake.ipvs.weights().get(RS2) == 0, 2)
+        await r.hold(lambda: r.fake.ipvs.weights().get(RS2) == 0, 40)  # longer than drainPeriod
+        assert r.fake.client_reset.resets == []
+        r.fake.ipvs.active[RS2] = 0  # the last one finished; the process exits
+        await r.until(lambda: RS2 not in r.fake.ipvs.weights(), 3)
+        r.fake.prober.set_fault(rs2, "ok")  # restarted
+        await r.until(lambda: r.fake.ipvs.weights() == ALL, 5)
+
+    play(drive)
+
+
+def test_a_killed_server_is_still_deleted_and_its_clients_reset_at_once() -> None:
+    async def drive(r: Run) -> None:
+        await r.until(lambda: r.fake.ipvs.weights() == ALL, 2)
+        r.fake.ipvs.active[RS2] = 4
+        r.fake.prober.kill(ep(RS2))
+        took = await r.until(lambda: RS2 not in r.fake.ipvs.weights(), 2)
+        assert took < 0.2 and r.fake.client_reset.resets == [(f"{VIP}:6443", RS2)]
+
+    play(drive)
+
+
+def test_a_sick_server_is_still_drained_then_removed_after_the_drain_period() -> None:
+    async def drive(r: Run) -> None:
+        await r.until(lambda: r.fake.ipvs.weights() == ALL, 2)
+        r.fake.ipvs.active[RS2] = 4
+        r.fake.prober.set_fault(ep(RS2), "500")  # [-]etcd failed: alive, not shutting down
+        await r.until(lambda: r.fake.ipvs.weights().get(RS2) == 0, 4)
+        took = await r.until(lambda: RS2 not in r.fake.ipvs.weights(), 15)
+        assert took >= 9  # drainPeriod 10 s, connections or not
+
+    play(drive)
+
+
+def test_a_restarted_daemon_keeps_a_draining_server_draining() -> None:
+    """docs: a real server the kernel holds at weight 0 stays so until a probe says otherwise."""
+    from lvscare.daemon import Daemon
+    from lvscare.plan import desired_table
+
+    from .fakes import FakeWorld, run_virtual
+
+    cfg = config()
+    fake = FakeWorld()
+    fake.ipvs.table = desired_table(cfg.virtual_servers, {
+        (vs.endpoint, rs.endpoint): 0 if str(rs.endpoint) == RS2 else 1
+        for vs in cfg.virtual_servers for rs in vs.real_servers})
+    fake.ipvs.active[RS2] = 2
+    fake.prober.set_fault(ep(RS2), "shutdown")
+    seen: list[dict[str, int]] = []
+
+    async def main() -> None:
+        daemon = Daemon(cfg, None, world=fake.world(), rng=random.Random(7))
+        task = asyncio.create_task(daemon.run())
+        for _ in range(60):  # 3 s
+            seen.append(fake.ipvs.weights())
+            await asyncio.sleep(0.05)
+        daemon.request_stop("test")
+        assert await task == 0
+
+    run_virtual(main())
+    assert all(s.get(RS2) == 0 for s in seen), seen
+    assert fake.client_reset.resets == []

@@ -222,3 +222,40 @@ def test_states_and_outcomes_read_as_their_values() -> None:
     assert str(State.HEALTHY) == "healthy" and f"{Outcome.SLOW}" == "slow"
     assert f"{Outcome.OK:>4}|{State.DOWN:<6}|" == "  ok|down  |"
     assert State.DOWN == "down" and Outcome("http_status") is Outcome.HTTP_STATUS
+
+
+# -- graceful shutdowns ---------------------------------------------------------------------------
+
+
+def test_a_shutdown_is_weight_0_until_its_connections_end_and_a_refusal_then_is_no_death() -> None:
+    from lvscare.health import SHUTDOWN_DRAIN_MAX, kernel_weight
+
+    h = step(Health(), ProbeResult(Outcome.SHUTDOWN, detail="stopped listening after GOAWAY"),
+             10.0, 2, 2)
+    assert (h.state, h.dead, h.shutdown, h.drain_since) == (State.DOWN, False, True, 10.0)
+    h = step(h, ProbeResult(Outcome.REFUSED), 11.0, 2, 2)  # the listener is closed
+    assert (h.state, h.dead, h.shutdown, h.drain_since) == (State.DOWN, False, True, 10.0)
+    assert kernel_weight(h, 1, 30.0, 10.0, active=3) == 0  # past drain_period, connections: 0
+    assert kernel_weight(h, 1, 40.0, 10.0, active=0) is None  # they ended: out
+    assert kernel_weight(h, 1, 40.0, 10.0, active=None) is None  # not in the kernel: stays out
+    assert kernel_weight(h, 1, 10.0 + SHUTDOWN_DRAIN_MAX, 10.0, active=3) is None  # bounded
+    dead = step(h, ProbeResult(Outcome.TIMEOUT), 12.0, 2, 2)  # blackholed after all
+    assert dead.dead and not dead.shutdown and kernel_weight(dead, 1, 12.0, 10.0, 3) is None
+    sick = step(h, ProbeResult(Outcome.HTTP_STATUS, status=500), 12.0, 2, 2)
+    assert not sick.dead and not sick.shutdown and kernel_weight(sick, 1, 19.0, 10.0, 3) == 0
+    assert kernel_weight(sick, 1, 20.0, 10.0, 3) is None  # drain_period from the first drain
+    back = step(step(h, ProbeResult(Outcome.OK), 13.0, 2, 2), ProbeResult(Outcome.OK), 14.0, 2, 2)
+    assert back.state is State.HEALTHY and not back.shutdown
+
+
+def test_a_killed_server_s_refusal_is_still_conclusive() -> None:
+    h = step(Health(), ProbeResult(Outcome.REFUSED), 10.0, 2, 2)
+    assert (h.state, h.dead, h.shutdown) == (State.DOWN, True, False)
+
+
+def test_adopted_at_weight_0_stays_at_0_until_a_probe_says() -> None:
+    from lvscare.health import initial, kernel_weight
+
+    h = initial(5.0, True, draining=True)
+    assert kernel_weight(h, 1, 500.0, 10.0, active=0) == 0
+    assert kernel_weight(step(h, ProbeResult(Outcome.SHUTDOWN), 6.0, 2, 2), 1, 6.0, 10.0, 0) is None
