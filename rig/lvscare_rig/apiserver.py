@@ -36,6 +36,7 @@ import h2.connection
 import h2.errors
 import h2.events
 import h2.exceptions
+import hyperframe.frame
 
 SHUTDOWN_BODY = b"[+]ping ok\n[+]etcd ok\n[-]shutdown failed: reason withheld\nreadyz check failed\n"
 ETCD_BODY = b"[+]ping ok\n[-]etcd failed: reason withheld\n[+]shutdown ok\nreadyz check failed\n"
@@ -59,9 +60,14 @@ class Conn:
     def goaway(self) -> None:
         if not self.goaway_sent:
             self.goaway_sent = True
-            self.h2.close_connection(h2.errors.ErrorCodes.NO_ERROR,
-                                     last_stream_id=self.last_stream)
+            # Written as a raw frame: h2's close_connection() would also close its state machine,
+            # and the streams the GOAWAY promises could no longer be answered (Go answers them).
             self.flush()
+            frame = hyperframe.frame.GoAwayFrame(0)
+            frame.last_stream_id = self.last_stream
+            frame.error_code = h2.errors.ErrorCodes.NO_ERROR
+            if not self.writer.is_closing():
+                self.writer.write(frame.serialize())
         if not self.streams:
             self.writer.close()
 

@@ -30,9 +30,10 @@ _counter = itertools.count(1)
 BACKEND = str(Path(__file__).with_name("backend.py"))
 H2BACKEND = str(Path(__file__).with_name("h2backend.py"))
 APISERVER = str(Path(__file__).with_name("apiserver.py"))
-# What a backend runs: our stdlib HTTP/1.1 server (with the tls-hang fault), or hypercorn with
-# ALPN h2 (as kube-apiserver) or ALPN http/1.1 only.
-SERVERS = ("stdlib", "h2", "h2-http1")
+# What a backend runs: our stdlib HTTP/1.1 server (with the tls-hang fault), hypercorn with ALPN
+# h2 (as kube-apiserver) or ALPN http/1.1 only, or the stand-in that follows kube-apiserver's
+# graceful shutdown and GOAWAYs (apiserver.py; lab.backend_args for its delay and chance).
+SERVERS = ("stdlib", "h2", "h2-http1", "apiserver")
 CLIENT = str(Path(__file__).with_name("client.py"))
 
 
@@ -143,9 +144,9 @@ class Lab:
         extra = [] if backend.server == "stdlib" else ["--count-file", str(backend.count_file)]
         if backend.server == "h2-http1":
             extra.append("--http1-only")
+        program = {"stdlib": BACKEND, "apiserver": APISERVER}.get(backend.server, H2BACKEND)
         backend.proc = subprocess.Popen(
-            ["ip", "netns", "exec", backend.netns, sys.executable,
-             BACKEND if backend.server == "stdlib" else H2BACKEND, "--listen", listen,
+            ["ip", "netns", "exec", backend.netns, sys.executable, program, "--listen", listen,
              "--name", backend.name, "--cert", str(self.cert), "--key", str(self.key),
              "--fault-file", str(backend.fault_file), *extra, *self.backend_args],
             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, start_new_session=True)
