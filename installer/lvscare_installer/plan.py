@@ -229,6 +229,44 @@ def vip_in_service_range(vip: str, ranges: Sequence[Network], master: str) -> st
     return None
 
 
+# lvscare's worst case to see an apiserver's shutdown on /readyz: the readiness interval (5 s)
+# and a probe timeout, with margin. A shorter --shutdown-delay-duration can refuse new connections
+# that race its listener's close (docs/operating.md, "Zero-error apiserver restarts").
+SHUTDOWN_DETECTION = 10.0
+
+
+def _duration_seconds(text: str) -> float | None:
+    """A Go duration as kube-apiserver's flags take it (``15s``, ``1m30s``, ``0``)."""
+    text = text.strip().strip('"')
+    if text == "0":
+        return 0.0
+    parts = re.findall(r"(\d+(?:\.\d+)?)(h|ms|m|s)", text)
+    if not parts or "".join(n + u for n, u in parts) != text:
+        return None
+    scale = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}
+    return sum(float(n) * scale[u] for n, u in parts)
+
+
+def shutdown_notes(apiserver_manifest: str, master: str) -> list[str]:
+    """Notes (never refusals) on kube-apiserver's graceful shutdown settings in its static pod:
+    the delay against lvscare's detection, the grace period against delay + 60 s."""
+    m = re.search(r"--shutdown-delay-duration[= ]\s*\"?([0-9.hms]+)", apiserver_manifest)
+    delay = _duration_seconds(m.group(1)) if m else 0.0
+    notes = []
+    if delay is not None and delay < SHUTDOWN_DETECTION:
+        notes.append(f"kube-apiserver on {master} has --shutdown-delay-duration {delay:g}s, shorter "
+                     f"than lvscare's {SHUTDOWN_DETECTION:g}s to see a shutdown: a new connection "
+                     "can be refused during its restarts; 10-15s gives zero (docs/operating.md, "
+                     "Zero-error apiserver restarts)")
+    g = re.search(r"terminationGracePeriodSeconds:\s*(\d+)", apiserver_manifest)
+    grace = int(g.group(1)) if g else 30
+    if delay is not None and grace < delay + 60:
+        notes.append(f"kube-apiserver's static pod on {master} has terminationGracePeriodSeconds "
+                     f"{grace}{'' if g else ' (the default)'}, shorter than its shutdown delay + "
+                     f"60s ({delay + 60:g}s): it is killed while it still serves long requests")
+    return notes
+
+
 def kube_proxy_check(vip: str, config_conf: str) -> tuple[str, str | None, str | None]:
     """kube-proxy's mode from its ConfigMap's config.conf: (mode, refusal, note)."""
     try:

@@ -29,6 +29,7 @@ from lvscare_installer.plan import (
     parse_join_command,
     redact,
     service_ranges,
+    shutdown_notes,
     vip_in_service_range,
 )
 from lvscare_installer.remote import Auth, Remote, RemoteError
@@ -231,6 +232,7 @@ def check_cluster(plan: Plan, auth: Auth, force: bool) -> list[str]:
             refusal = vip_in_service_range(plan.vip, ranges, master)
             if refusal:
                 refusals.append(refusal)
+            notes += shutdown_notes(manifest, master)
         code, conf, err = r.run(
             f"kubectl --kubeconfig {q(plan.paths.admin_conf)} -n kube-system get configmap kube-proxy "
             "-o 'jsonpath={.data.config\\.conf}'", check=False, timeout=60)

@@ -284,6 +284,10 @@ def test_the_cluster_is_checked_on_the_first_master_before_any_node_changes(lab2
     joined = installer(*args)
     assert joined.returncode == 0, joined.stdout + joined.stderr
     assert "installer: note: kube-proxy runs in nftables mode" in joined.stderr
+    # kubeadm's apiserver: no shutdown delay, the default grace period; noted, never refused.
+    assert ("installer: note: kube-apiserver on " + master.address + " has "
+            "--shutdown-delay-duration 0s") in joined.stderr
+    assert "terminationGracePeriodSeconds 30 (the default)" in joined.stderr
     assert VS_LINE in node.ipvsadm()
 
 

@@ -162,7 +162,8 @@ def test_every_metric_the_docs_name_exists() -> None:
 FOREIGN = {"pyenv init", "prepend-iptables-chains: false", "kill -HUP", "ss -K", "sudo -S",
            "kubernetes service portals", "hostNetwork: true", "modprobe -d", "alias lvscare",
            "kube-proxy --cleanup", "retry 3", "k8sServiceHost: apiserver.cluster.local",
-           "k8sServicePort: 6443", "proto 76", "runAsUser: 0"}
+           "k8sServicePort: 6443", "proto 76", "runAsUser: 0",
+           "shutdown-delay-duration: 15s"}  # kubeadm's extraArgs
 TOOLS = ("lvscare", "installer", "kubectl", "helm", "crictl", "ctr", "ip", "iptables", "ipset",
          "sysctl", "docker", "kubeadm", "openssl", "python3", "echo", "rm", "sh", "apt", "pip",
          "ipvsadm", "ssh", "setpriv", "unshare", "systemctl", "sealctl", "pytest", "accept for",
@@ -214,6 +215,7 @@ FOREIGN_FLAGS = {
     "--repeat", "--max-children", "--skip",  # bench/installer.py, scripts/mutation, bench/failover.py
     "--variant", "--include",  # debootstrap
     "--flag", "--int",  # a placeholder; an abbreviation quoted as refused
+    "--patches", "--shutdown-delay-duration", "--request-timeout",  # kubeadm, kube-apiserver
 }
 
 

@@ -624,3 +624,21 @@ def test_preflight_says_what_it_found_and_what_to_do(code: int, out: str, messag
         steps.step_preflight(_Preflight(code, out), inputs)  # type: ignore[arg-type]
     assert str(exc.value).startswith(message) and "\n" not in str(exc.value)
     assert steps.step_preflight(_Preflight(0, "3.13.1\n"), inputs) == "ok"  # type: ignore[arg-type]
+
+
+def test_the_cluster_check_notes_short_shutdown_delays_and_grace_periods() -> None:
+    from lvscare_installer.plan import shutdown_notes
+
+    kubeadm = "spec:\n  containers:\n  - command:\n    - kube-apiserver\n    - --advertise-address=10.0.0.2\n"
+    notes = shutdown_notes(kubeadm, "10.0.0.2")
+    assert len(notes) == 2
+    assert notes[0].startswith("kube-apiserver on 10.0.0.2 has --shutdown-delay-duration 0s, "
+                               "shorter than lvscare's 10s to see a shutdown")
+    assert "terminationGracePeriodSeconds 30 (the default), shorter than its shutdown delay + " \
+           "60s (60s)" in notes[1]
+    tuned = kubeadm + "    - --shutdown-delay-duration=15s\n  terminationGracePeriodSeconds: 75\n"
+    assert shutdown_notes(tuned, "10.0.0.2") == []
+    assert len(shutdown_notes(kubeadm + "    - --shutdown-delay-duration=1m10s\n"
+                              "  terminationGracePeriodSeconds: 135\n", "m")) == 0
+    assert len(shutdown_notes(kubeadm + "    - --shutdown-delay-duration=5s\n"
+                              "  terminationGracePeriodSeconds: 90\n", "m")) == 1
