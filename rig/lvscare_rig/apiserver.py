@@ -99,17 +99,11 @@ class Conn:
             self.server.conns.discard(self)
 
     async def answer(self, sid: int, path: str) -> None:
-        self.server.count(path)
-        status, body = 200, self.server.name.encode()
-        if path == "/readyz":
-            if self.server.shutting_down:
-                status, body = 500, SHUTDOWN_BODY
-            elif self.server.fault() == "etcd":
-                status, body = 500, ETCD_BODY
-            else:
-                body = b"ok"
-        elif path.startswith("/sleep/"):
-            await asyncio.sleep(float(path[7:]))
+        answer = self.server.respond(path)
+        if isinstance(answer, float):
+            await asyncio.sleep(answer)
+            answer = (200, self.server.name.encode())
+        status, body = answer
         try:
             self.h2.send_headers(sid, [(":status", str(status)),
                                        ("content-length", str(len(body)))])
@@ -125,6 +119,16 @@ class Conn:
             self.writer.close()
 
 
+class Http1:
+    """An HTTP/1.1 connection, counted among the server's connections until it is answered."""
+
+    def __init__(self, writer: asyncio.StreamWriter) -> None:
+        self.writer = writer
+
+    def goaway(self) -> None:
+        """HTTP/1.1 has no GOAWAY: the request in flight is answered, then the connection closes."""
+
+
 class Server:
     def __init__(self, args: argparse.Namespace) -> None:
         self.name = args.name
@@ -133,7 +137,7 @@ class Server:
         self.fault_file = Path(args.fault_file) if args.fault_file else None
         self.count_file = Path(args.count_file) if args.count_file else None
         self.counts: dict[str, int] = {}
-        self.conns: set[Conn] = set()
+        self.conns: set[Conn | Http1] = set()
         self.shutting_down = False
 
     def count(self, path: str) -> None:
@@ -148,16 +152,57 @@ class Server:
             return ""
 
     async def serve(self, conn_reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        tls = writer.get_extra_info("ssl_object")
+        if tls is None or tls.selected_alpn_protocol() != "h2":
+            await self.http1(conn_reader, writer)
+            return
         conn = Conn(self, conn_reader, writer)
         self.conns.add(conn)
         await conn.run()
+
+    def respond(self, path: str) -> tuple[int, bytes] | float:
+        """The answer to ``path``, or the seconds to wait first (``/sleep/S``)."""
+        self.count(path)
+        if path == "/readyz":
+            if self.shutting_down:
+                return 500, SHUTDOWN_BODY
+            if self.fault() == "etcd":
+                return 500, ETCD_BODY
+            return 200, b"ok"
+        if path.startswith("/sleep/"):
+            return float(path[7:])
+        return 200, self.name.encode()
+
+    async def http1(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """One request per connection (``Connection: close``), as keepalived's and haproxy's
+        checks and simple clients use it. In flight at shutdown: still answered."""
+        marker = Http1(writer)
+        self.conns.add(marker)
+        try:
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 30)
+            path = head.split(b" ", 2)[1].decode(errors="replace")
+            answer = self.respond(path)
+            if isinstance(answer, float):
+                await asyncio.sleep(answer)
+                answer = (200, self.name.encode())
+            status, body = answer
+            writer.write(f"HTTP/1.1 {status} {'OK' if status == 200 else 'Error'}\r\n"
+                         f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode()
+                         + body)
+            await writer.drain()
+        except (TimeoutError, OSError, asyncio.IncompleteReadError, IndexError,
+                asyncio.LimitOverrunError):
+            pass
+        finally:
+            writer.close()
+            self.conns.discard(marker)
 
 
 async def main(args: argparse.Namespace) -> None:
     server = Server(args)
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.load_cert_chain(args.cert, args.key)
-    ctx.set_alpn_protocols(["h2"])
+    ctx.set_alpn_protocols(["h2", "http/1.1"])
     host, _, port = args.listen.rpartition(":")
     host = host.strip("[]")
     sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
@@ -173,7 +218,8 @@ async def main(args: argparse.Namespace) -> None:
         while True:
             await asyncio.sleep(1)
             for conn in list(server.conns):
-                if not conn.streams and time.monotonic() - conn.last_active > args.idle_timeout:
+                if (isinstance(conn, Conn) and not conn.streams
+                        and time.monotonic() - conn.last_active > args.idle_timeout):
                     conn.goaway()
 
     reaper = asyncio.create_task(idle_reaper())

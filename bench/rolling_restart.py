@@ -1,0 +1,304 @@
+"""A rolling restart of three apiservers, as every upgrade does, seen by a node's clients.
+
+    .venv/bin/python bench/rolling_restart.py [--delays 0,10] [--skip keepalived,haproxy]
+
+In the test kernel (booted when the host has no IPVS), in one boot, for each balancer and each
+``--shutdown-delay-duration``: a fresh lab of three stand-ins that follow kube-apiserver's
+graceful shutdown (rig/lvscare_rig/apiserver.py: /readyz says shutdown at SIGTERM, after the delay
+the listener closes and every connection gets GOAWAY(NO_ERROR), what is in flight is answered),
+and three clients on the node through the VIP:
+
+  new        a new TLS connection and a GET every 50 ms (20 connections a second);
+  long       a 6 s request started every 0.5 s, each on a new connection;
+  standing   one HTTP/2 connection, a GET every 100 ms, with client-go's rules: streams a GOAWAY
+             left unprocessed are retried on a new connection, a GET cut by a reset or EOF is
+             retried once, and "connection refused" is a failure.
+
+Then each apiserver in turn: SIGTERM, its exit, its restart, and the balancer taking it back.
+
+Balancers: lvscare (defaults, route mode); keepalived as the Kubernetes HA guide sets it up
+(SSL_GET /healthz, delay_loop 5: bench/failover.py); haproxy with kubespray's settings (mode tcp,
+leastconn, httpchk GET /healthz every 15 s, rise 2 fall 2, redispatch, retries 5), bound to the VIP.
+Printed per balancer and delay: failed new connections, cut long requests and standing-client
+failures, in all and per restart.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import itertools
+import os
+import shutil
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from lvscare_rig import testkernel, topology
+
+VIP = "10.103.97.2"
+PORT = 6443
+
+
+def _tls() -> ssl.SSLContext:
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    return ctx
+
+
+def get(path: str, timeout: float) -> None:
+    """One HTTP/1.1 GET on a new TLS connection through the VIP; raises OSError on failure."""
+    with socket.create_connection((VIP, PORT), timeout=timeout) as raw, _tls().wrap_socket(raw) as sock:
+        sock.sendall(f"GET {path} HTTP/1.1\r\nHost: {VIP}\r\nConnection: close\r\n\r\n".encode())
+        data = b""
+        while chunk := sock.recv(4096):
+            data += chunk
+    if not data.startswith(b"HTTP/1.1 200"):
+        raise OSError(f"bad answer {data[:30]!r}")
+
+
+@dataclass
+class Counts:
+    ok: int = 0
+    failed: list[float] = field(default_factory=list)  # when (monotonic)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def add(self, ok: bool, at: float) -> None:
+        with self.lock:
+            if ok:
+                self.ok += 1
+            else:
+                self.failed.append(at)
+
+
+class Clients:
+    def __init__(self) -> None:
+        self.stop = threading.Event()
+        self.new, self.long, self.standing = Counts(), Counts(), Counts()
+        self.threads: list[threading.Thread] = []
+
+    def start(self) -> None:
+        for target in (self._new, self._long, self._standing):
+            t = threading.Thread(target=target, daemon=True)
+            t.start()
+            self.threads.append(t)
+
+    def _new(self) -> None:
+        while not self.stop.is_set():
+            began = time.monotonic()
+            try:
+                get("/version", 2)
+                self.new.add(True, began)
+            except OSError:
+                self.new.add(False, began)
+            time.sleep(max(0.0, 0.05 - (time.monotonic() - began)))
+
+    def _long(self) -> None:
+        def one(began: float) -> None:
+            try:
+                get("/sleep/6", 30)
+                self.long.add(True, began)
+            except OSError:
+                self.long.add(False, began)
+
+        while not self.stop.is_set():
+            threading.Thread(target=one, args=(time.monotonic(),), daemon=True).start()
+            self.stop.wait(0.5)
+        time.sleep(7)  # the last ones finish
+
+    def _standing(self) -> None:
+        asyncio.run(self._standing_loop())
+
+    async def _standing_loop(self) -> None:
+        from lvscare.h2conn import ConnectionGone, H2Connection
+
+        conn: H2Connection | None = None
+        ctx = _tls()
+        ctx.set_alpn_protocols(["h2"])
+
+        async def connect() -> H2Connection:
+            reader, writer = await asyncio.wait_for(
+                asyncio.open_connection(VIP, PORT, ssl=ctx), 2)
+            return H2Connection(reader, writer, f"{VIP}:{PORT}")
+
+        while not self.stop.is_set():
+            began = time.monotonic()
+            ok = False
+            for attempt in range(3):  # first try, the GOAWAY/GET retry, nothing more
+                try:
+                    if conn is None or conn.is_closed:
+                        conn = await connect()
+                    _, fut = conn.request("GET", "/version")
+                    answer = await asyncio.wait_for(fut, 5)
+                    ok = answer.status == 200
+                    break
+                except ConnectionGone as exc:
+                    conn = None
+                    if exc.graceful or attempt == 0:
+                        continue  # unprocessed after a GOAWAY, or a GET cut: asked again
+                    break
+                except (OSError, TimeoutError):
+                    conn = None  # refused, or no answer: client-go returns it
+                    break
+            self.standing.add(ok, began)
+            await asyncio.sleep(max(0.0, 0.1 - (time.monotonic() - began)))
+        if conn is not None:
+            conn.close()
+
+    def finish(self) -> None:
+        self.stop.set()
+        for t in self.threads:
+            t.join(15)
+
+
+def haproxy_config(lab: topology.Lab, path: Path) -> None:
+    servers = "".join(f"  server {b.name} {b.ip4}:{PORT} check check-ssl verify none\n"
+                      for b in lab.backends)
+    path.write_text(f"""global
+  maxconn 4000
+defaults
+  mode http
+  option redispatch
+  retries 5
+  timeout connect 30s
+  timeout client 5m
+  timeout server 15m
+  timeout check 30s
+frontend kube_api_frontend
+  bind {VIP}:{PORT}
+  mode tcp
+  default_backend kube_api_backend
+backend kube_api_backend
+  mode tcp
+  balance leastconn
+  default-server inter 15s downinter 15s rise 2 fall 2 slowstart 60s maxconn 1000 maxqueue 256 weight 100
+  option httpchk GET /healthz
+  http-check expect status 200
+{servers}""")
+
+
+def start_balancer(kind: str, lab: topology.Lab) -> subprocess.Popen[bytes]:
+    if kind == "lvscare":
+        args = [sys.executable, "-m", "lvscare", "care", "--vs", f"{VIP}:{PORT}",
+                "--metrics-address", "off", "--log-format", "json"]
+        for b in lab.backends:
+            args += ["--rs", b.address]
+        return subprocess.Popen(args, stdout=subprocess.DEVNULL,
+                                stderr=(lab.workdir / "lvscare.log").open("w"))
+    # keepalived and haproxy: the VIP local to the node as lvscare's route mode has it (a local
+    # route whose source is the node's address: the apiservers have no route back to the VIP).
+    subprocess.run(["ip", "route", "replace", "local", f"{VIP}/32", "dev", "lo", "src",
+                    "10.200.1.1", "table", "local"], check=True)
+    if kind == "keepalived":
+        from failover import start_keepalived
+
+        return start_keepalived(lab)
+    conf = lab.workdir / "haproxy.cfg"
+    haproxy_config(lab, conf)
+    return subprocess.Popen(["haproxy", "-db", "-f", str(conf)], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+
+
+def in_table(address: str) -> bool:
+    out = subprocess.run(["ipvsadm", "-Ln"], capture_output=True, text=True, check=False).stdout
+    return any(address in line and line.split()[-3] != "0" for line in out.splitlines()
+               if line.strip().startswith("->"))
+
+
+def run(kind: str, delay: float) -> tuple[dict[str, int], list[dict[str, int]]]:
+    from chaos import in_netns
+
+    lab = topology.build(backends=3, server="apiserver", start=False)
+    lab.backend_args = ["--shutdown-delay", f"{delay:g}"]
+    balancer = None
+    try:
+        for b in lab.backends:
+            lab.start(b)
+        with in_netns(lab.node):
+            balancer = start_balancer(kind, lab)
+            settle = 35.0 if kind == "haproxy" else 15.0
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:
+                try:
+                    get("/version", 1)
+                    break
+                except OSError:
+                    time.sleep(0.2)
+            time.sleep(6 if kind != "haproxy" else 32)  # every check has passed once
+            clients = Clients()
+            clients.start()
+            time.sleep(3)
+            marks = [time.monotonic()]
+            for b in lab.backends:
+                assert b.proc is not None
+                b.proc.send_signal(signal.SIGTERM)
+                b.proc.wait(timeout=delay + 90)
+                b.proc = None
+                lab.start(b)
+                back = time.monotonic() + settle
+                while time.monotonic() < back:
+                    if kind != "haproxy" and in_table(b.address):
+                        time.sleep(3)  # its rise, and some traffic on it
+                        break
+                    time.sleep(0.2)
+                marks.append(time.monotonic())
+            time.sleep(2)
+            clients.finish()
+        per_restart = []
+        for start, end in itertools.pairwise(marks):
+            per_restart.append({name: sum(start <= t < end for t in c.failed)
+                                for name, c in (("new", clients.new), ("long", clients.long),
+                                                ("standing", clients.standing))})
+        totals = {"new": len(clients.new.failed), "new_of": clients.new.ok + len(clients.new.failed),
+                  "long": len(clients.long.failed),
+                  "long_of": clients.long.ok + len(clients.long.failed),
+                  "standing": len(clients.standing.failed),
+                  "standing_of": clients.standing.ok + len(clients.standing.failed)}
+        return totals, per_restart
+    finally:
+        if balancer is not None:
+            balancer.send_signal(signal.SIGTERM)
+            balancer.wait(15)
+        lab.close()
+
+
+def inside(delays: list[float], skip: set[str]) -> int:
+    print(f"rolling restart of 3 apiserver stand-ins, kernel {os.uname().release}", flush=True)
+    for kind in ("lvscare", "keepalived", "haproxy"):
+        if kind in skip or (kind != "lvscare" and not shutil.which(kind)):
+            print(f"  {kind}: skipped" + ("" if kind in skip else f" (apt-get install {kind})"))
+            continue
+        for delay in delays:
+            totals, per = run(kind, delay)
+            print(f"  {kind:10} delay {delay:>4g}s: new connections failed {totals['new']} of "
+                  f"{totals['new_of']}, long requests cut {totals['long']} of {totals['long_of']}, "
+                  f"standing client failed {totals['standing']} of {totals['standing_of']}; "
+                  "per restart " + "; ".join(f"{p['new']}/{p['long']}/{p['standing']}"
+                                            for p in per), flush=True)
+    return 0
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--delays", default="0,10")
+    ap.add_argument("--skip", default="", help="comma list: keepalived,haproxy")
+    args = ap.parse_args()
+    delays = [float(d) for d in args.delays.split(",") if d]
+    if os.environ.get("LVSCARE_TEST_KERNEL") or testkernel.host_has_ipvs():
+        from lvscare import log
+
+        log.configure("warning")
+        return inside(delays, set(filter(None, args.skip.split(","))))
+    return testkernel.boot([sys.executable, str(Path(__file__).resolve()), *sys.argv[1:]],
+                           timeout=3600)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
