@@ -25,8 +25,9 @@ def test_forgetting_the_most_clients_at_once_does_not_overflow_the_netlink_socke
         lab: Lab) -> None:
     """The client reset forgets up to 4,096 conntrack entries at once (clientreset.MAX_CLIENTS).
     None exists here, so each delete is answered ENOENT with the request copied back: sent in
-    one go, those answers overflow the socket's buffer (ENOBUFS)."""
-    lab.run("modprobe", "nf_conntrack_netlink", check=False)
+    one go, those answers overflow the socket's buffer (measured: ENOBUFS from 1,024 deletes on;
+    512 pass). Sent 256 at a time, as the IPVS writes, 4,096 pass."""
+    lab.run("/run/modprobe", "nf_conntrack_netlink", check=False)  # the test kernel's wrapper
     out = lab.run(sys.executable, "-c", FORGET_MANY, check=False)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip() == "forgot 4096"

@@ -163,7 +163,8 @@ FOREIGN = {"pyenv init", "prepend-iptables-chains: false", "kill -HUP", "ss -K",
            "kubernetes service portals", "hostNetwork: true", "modprobe -d", "alias lvscare",
            "kube-proxy --cleanup", "retry 3", "k8sServiceHost: apiserver.cluster.local",
            "k8sServicePort: 6443", "proto 76", "runAsUser: 0",
-           "shutdown-delay-duration: 15s"}  # kubeadm's extraArgs
+           "shutdown-delay-duration: 15s",  # kubeadm's extraArgs
+           "httpchk GET /healthz"}  # haproxy
 TOOLS = ("lvscare", "installer", "kubectl", "helm", "crictl", "ctr", "ip", "iptables", "ipset",
          "sysctl", "docker", "kubeadm", "openssl", "python3", "echo", "rm", "sh", "apt", "pip",
          "ipvsadm", "ssh", "setpriv", "unshare", "systemctl", "sealctl", "pytest", "accept for",
@@ -216,6 +217,7 @@ FOREIGN_FLAGS = {
     "--variant", "--include",  # debootstrap
     "--flag", "--int",  # a placeholder; an abbreviation quoted as refused
     "--patches", "--shutdown-delay-duration", "--request-timeout",  # kubeadm, kube-apiserver
+    "--delays", "--seconds", "--seed",  # bench/rolling_restart.py, bench/chaos.py
 }
 
 
