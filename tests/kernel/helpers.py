@@ -32,6 +32,13 @@ def ipvsadm_table(lab: Lab) -> dict[str, dict[str, object]]:
     return table
 
 
+def weights(lab: Lab, key: str = "TCP 10.103.97.2:6443") -> dict[str, int]:
+    """The real servers of one virtual server and their weights, from ``ipvsadm``."""
+    rs = ipvsadm_table(lab).get(key, {}).get("rs", {})
+    assert isinstance(rs, dict)
+    return {addr: w for addr, (_, w) in rs.items()}
+
+
 def ipvsadm_stats(lab: Lab, total: int | None = None) -> dict[str, int]:
     """Connections counted per real server since it was added (reset if it is re-created).
 

@@ -12,18 +12,10 @@ from collections.abc import Iterator
 import pytest
 from lvscare_rig import topology
 from lvscare_rig.cluster import Cluster
-from lvscare_rig.topology import Lab
 
-from .helpers import Care, ipvsadm_table, wait
+from .helpers import Care, wait, weights
 
 VIP = "10.103.97.2"
-KEY = f"TCP {VIP}:6443"
-
-
-def weights(lab: Lab) -> dict[str, int]:
-    rs = ipvsadm_table(lab).get(KEY, {}).get("rs", {})
-    assert isinstance(rs, dict)
-    return {addr: w for addr, (_, w) in rs.items()}
 
 
 @pytest.fixture

@@ -11,10 +11,9 @@ import pytest
 from lvscare_rig import topology
 from lvscare_rig.topology import Lab
 
-from .helpers import Care, ipvsadm_table, wait
+from .helpers import Care, wait, weights
 
 VIP = "10.103.97.2"
-KEY = f"TCP {VIP}:6443"
 BROWN_OUT = 60.0  # seconds with two of three apiservers answering /readyz in 1.5 s
 SLOW = "slow:1.5"
 
@@ -24,12 +23,6 @@ def h2lab() -> Iterator[Lab]:
     lab = topology.build(backends=3, server="h2")
     yield lab
     lab.close()
-
-
-def weights(lab: Lab) -> dict[str, int]:
-    rs = ipvsadm_table(lab).get(KEY, {}).get("rs", {})
-    assert isinstance(rs, dict)
-    return {addr: w for addr, (_, w) in rs.items()}
 
 
 def observe(lab: Lab, seconds: float, care: Care) -> list[dict[str, int]]:

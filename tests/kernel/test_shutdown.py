@@ -13,16 +13,9 @@ import pytest
 from lvscare_rig import topology
 from lvscare_rig.topology import Backend, Lab
 
-from .helpers import Care, ipvsadm_table, wait
+from .helpers import Care, wait, weights
 
 VIP = "10.103.97.2"
-KEY = f"TCP {VIP}:6443"
-
-
-def weights(lab: Lab) -> dict[str, int]:
-    rs = ipvsadm_table(lab).get(KEY, {}).get("rs", {})
-    assert isinstance(rs, dict)
-    return {addr: w for addr, (_, w) in rs.items()}
 
 
 def apiservers(*args: str) -> Lab:

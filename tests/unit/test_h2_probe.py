@@ -33,13 +33,13 @@ def free_port() -> int:
 
 
 class Server:
-    def __init__(self, workdir: Path, *extra: str) -> None:
+    def __init__(self, workdir: Path, *extra: str, program: str = H2BACKEND) -> None:
         self.port = free_port()
         self.fault = workdir / f"fault-{self.port}"
         self.counts = workdir / f"count-{self.port}"
         cert, key = workdir / "apiserver.crt", workdir / "apiserver.key"
         self.proc = subprocess.Popen(
-            [sys.executable, H2BACKEND, "--listen", f"127.0.0.1:{self.port}", "--name", "be",
+            [sys.executable, program, "--listen", f"127.0.0.1:{self.port}", "--name", "be",
              "--cert", str(cert), "--key", str(key), "--fault-file", str(self.fault),
              "--count-file", str(self.counts), *extra], stdout=subprocess.PIPE)
         assert self.proc.stdout is not None and b"listening" in self.proc.stdout.readline()

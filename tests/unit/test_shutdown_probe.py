@@ -6,50 +6,24 @@ its failing check."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import ipaddress
 import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 from lvscare_rig.topology import APISERVER, make_certificate
 
-from lvscare.config import Endpoint, HealthCheck
+from lvscare.config import HealthCheck
 from lvscare.health import Outcome
 from lvscare.prober import Prober
 
-from .test_h2_probe import free_port
+from .test_h2_probe import Server
 
 HC = HealthCheck(timeout=0.4, readiness_interval=0.6, rise=2)
 
 
-class Apiserver:
+class Apiserver(Server):
     def __init__(self, workdir: Path, *extra: str) -> None:
-        self.port = free_port()
-        self.fault = workdir / f"fault-{self.port}"
-        self.counts = workdir / f"count-{self.port}"
-        self.proc = subprocess.Popen(
-            [sys.executable, APISERVER, "--listen", f"127.0.0.1:{self.port}", "--name", "as",
-             "--cert", str(workdir / "apiserver.crt"), "--key", str(workdir / "apiserver.key"),
-             "--fault-file", str(self.fault), "--count-file", str(self.counts), *extra],
-            stdout=subprocess.PIPE)
-        assert self.proc.stdout is not None and b"listening" in self.proc.stdout.readline()
-        self.rs = Endpoint(ipaddress.ip_address("127.0.0.1"), self.port)
-
-    def requests(self, path: str) -> int:
-        with contextlib.suppress(FileNotFoundError):
-            for line in self.counts.read_text().splitlines():
-                p, n = line.split()
-                if p == path:
-                    return int(n)
-        return 0
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
+        super().__init__(workdir, *extra, program=APISERVER)
 
 
 @pytest.fixture(scope="module")
