@@ -34,6 +34,7 @@ import json
 import os
 import random
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -367,8 +368,9 @@ class Report:
         return out
 
 
-def campaign(seconds: float, seed: int) -> Report:
-    """Inside the test kernel: run the campaign; the report."""
+def campaign(seconds: float, seed: int, keep: Path | None = None) -> Report:
+    """Inside the test kernel: run the campaign; the report. ``keep``: a directory where the
+    daemon's log and the timeline are copied when there was a violation."""
     lab = topology.build(backends=3, start=False)
     daemon = None
     clients: dict[str, subprocess.Popen[str]] = {}
@@ -404,6 +406,10 @@ def campaign(seconds: float, seed: int) -> Report:
                 chaos.traffic(clients)
                 time.sleep(0.5)
         chaos.heal_all()
+        if keep is not None and chaos.violations:
+            shutil.copy(log, keep / f"chaos-{seed}-daemon.log")
+            (keep / f"chaos-{seed}-timeline.txt").write_text(
+                "\n".join([*chaos.timeline, *chaos.violations]) + "\n")
         samples = chaos.samples or [(0.0, 0, 0, 0)]
         return Report(seed, time.monotonic() - chaos.started, chaos.violations,
                       chaos.timeline, chaos.growth(),
@@ -423,20 +429,23 @@ def main() -> int:
     ap.add_argument("--seconds", type=float, default=1800)
     ap.add_argument("--seed", type=int, default=None)
     ap.add_argument("--timeline", action="store_true", help="print every fault as it came")
+    ap.add_argument("--keep", default="/tmp/lvscare-chaos",
+                    help="where the daemon's log goes when there was a violation")
     args = ap.parse_args()
     seed = args.seed if args.seed is not None else random.SystemRandom().randrange(1 << 30)
     if os.environ.get("LVSCARE_TEST_KERNEL") or testkernel.host_has_ipvs():
         from lvscare import log
 
         log.configure("warning")
-        report = campaign(args.seconds, seed)
+        report = campaign(args.seconds, seed, Path(args.keep))
         if args.timeline:
             print("\n".join(report.timeline))
         print("\n".join(report.lines()))
         return 1 if report.violations else 0
     argv = [sys.executable, str(Path(__file__).resolve()), "--seconds", str(args.seconds),
-            "--seed", str(seed), *(["--timeline"] if args.timeline else [])]
-    return testkernel.boot(argv, timeout=args.seconds + 600)
+            "--seed", str(seed), "--keep", args.keep, *(["--timeline"] if args.timeline else [])]
+    Path(args.keep).mkdir(parents=True, exist_ok=True)
+    return testkernel.boot(argv, timeout=args.seconds + 600, shared=[Path(args.keep)])
 
 
 if __name__ == "__main__":
