@@ -80,11 +80,11 @@ def in_netns(name: str) -> Iterator[None]:
         os.close(target)
 
 
-def _config(cluster: Cluster, drain: int) -> str:
+def _config(cluster: Cluster, drain: int, kubeconfig: str) -> str:
     members = [b.address for b in cluster.lab.backends]
     return json.dumps({
         "interval": "1s", "drainPeriod": f"{drain}s", "metricsAddress": METRICS,
-        "discoverFrom": cluster.kubeconfig(), "discoverInterval": "2s",
+        "discoverFrom": kubeconfig, "discoverInterval": "2s",
         "stateDir": str(cluster.dir / "state"),
         "virtualServers": [{"vs": f"{VIPS['link']}:6443", "mode": "link", "realServers": members},
                            {"vs": f"{VIPS['route']}:6443", "mode": "route",
@@ -103,10 +103,12 @@ class Chaos:
     repaired_by: float = 0.0  # a table or VIP fault is to be repaired by then
     last_change: float = 0.0
     drain: int = 10
+    kubeconfig: str = ""
     violations: list[str] = field(default_factory=list)
     timeline: list[str] = field(default_factory=list)
     failing_since: float | None = None  # reconciles failing since (the daemon's log)
     log_at: int = 0
+    reload_sent: float | None = None  # a SIGHUP the daemon has not answered yet
     tasks: int = 0
     samples: list[tuple[float, int, int, int]] = field(default_factory=list)  # t, rss kB, fds, tasks
     requests: dict[str, list[int]] = field(default_factory=lambda: {"ok": [0], "failed": [0]})
@@ -184,8 +186,9 @@ class Chaos:
             self.note("iptables -t nat -F; -X")
         elif choice == "sighup":
             self.drain = 11 if self.drain == 10 else 10
-            config.write_text(_config(self.cluster, self.drain))
+            config.write_text(_config(self.cluster, self.drain, self.kubeconfig))
             daemon.send_signal(signal.SIGHUP)
+            self.reload_sent = time.monotonic()
             self.note(f"SIGHUP, drainPeriod {self.drain}s")
         elif choice == "member":
             gone = sorted({b.name for b in lab.backends} - self.members)
@@ -276,6 +279,8 @@ class Chaos:
                     self.failing_since = now
                 elif event == "reconcile recovered":
                     self.failing_since = None
+                elif event in ("reloaded", "reload failed, keeping the running configuration"):
+                    self.reload_sent = None
             self.log_at = fh.tell()
         try:
             with urllib.request.urlopen(f"http://{METRICS}/healthz", timeout=2) as r:
@@ -285,6 +290,9 @@ class Chaos:
         except OSError as exc:
             code = 0
             self.violate(f"/healthz does not answer: {exc}")
+        if self.reload_sent is not None and now - self.reload_sent > 5:
+            self.violate("SIGHUP with a changed file: no reload within 5 s")
+            self.reload_sent = None
         if self.failing_since is not None and now - self.failing_since > HEALTHZ and code != 503:
             self.violate(f"/healthz {code} while reconciles have failed for "
                          f"{now - self.failing_since:.0f}s")
@@ -378,7 +386,8 @@ def campaign(seconds: float, seed: int, keep: Path | None = None) -> Report:
         cluster = Cluster(lab)
         chaos = Chaos(cluster, seed, random.Random(seed), members={b.name for b in lab.backends})
         config = cluster.dir / "care.json"
-        config.write_text(_config(cluster, chaos.drain))
+        chaos.kubeconfig = cluster.kubeconfig()  # one file: discoverFrom applies at start only
+        config.write_text(_config(cluster, chaos.drain, chaos.kubeconfig))
         log = lab.workdir / "care.log"
         daemon = subprocess.Popen(lab.node_cmd(sys.executable, "-m", "lvscare", "care",
                                                "--log-format", "json", "--config", str(config)),

@@ -166,7 +166,7 @@ class H2Connection:
                 if not data:
                     # Clean, as an idle timeout ends a connection; whether the server still
                     # listens is the next connection's to tell.
-                    self.graceful = self.graceful or not self._streams
+                    self.graceful = self.graceful or not (self._streams or self._pings)
                     raise ConnectionGone("closed by the server", graceful=self.graceful)
                 for event in self._h2.receive_data(data):
                     self._dispatch(event)
