@@ -217,7 +217,7 @@ FOREIGN_FLAGS = {
     "--variant", "--include",  # debootstrap
     "--flag", "--int",  # a placeholder; an abbreviation quoted as refused
     "--patches", "--shutdown-delay-duration", "--request-timeout",  # kubeadm, kube-apiserver
-    "--delays", "--seconds", "--seed",  # bench/rolling_restart.py, bench/chaos.py
+    "--delays", "--seconds", "--seed", "--keep",  # bench/rolling_restart.py, bench/chaos.py
 }
 
 
