@@ -164,8 +164,9 @@ FOREIGN = {"pyenv init", "prepend-iptables-chains: false", "kill -HUP", "ss -K",
            "kube-proxy --cleanup", "retry 3", "k8sServiceHost: apiserver.cluster.local",
            "k8sServicePort: 6443", "proto 76", "runAsUser: 0",
            "shutdown-delay-duration: 15s",  # kubeadm's extraArgs
-           "httpchk GET /healthz"}  # haproxy
-TOOLS = ("lvscare", "installer", "kubectl", "helm", "crictl", "ctr", "ip", "iptables", "ipset",
+           "httpchk GET /healthz",  # haproxy
+           "imagePullPolicy: IfNotPresent", "podman kube play", "nsenter --net", "pod start"}
+TOOLS = ("lvscare", "installer", "kubectl", "helm", "crictl", "ctr", "ip", "iptables", "ipset", "curl",
          "sysctl", "docker", "kubeadm", "openssl", "python3", "echo", "rm", "sh", "apt", "pip",
          "ipvsadm", "ssh", "setpriv", "unshare", "systemctl", "sealctl", "pytest", "accept for",
          "virtual service", "scripts/")
@@ -218,6 +219,7 @@ FOREIGN_FLAGS = {
     "--flag", "--int",  # a placeholder; an abbreviation quoted as refused
     "--patches", "--shutdown-delay-duration", "--request-timeout",  # kubeadm, kube-apiserver
     "--delays", "--seconds", "--seed", "--keep",  # bench/rolling_restart.py, bench/chaos.py
+    "--build-arg", "--net", "--start",  # buildah/docker build, nsenter, podman kube play
 }
 
 

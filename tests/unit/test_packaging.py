@@ -1,6 +1,7 @@
-"""The image's recipe: hadolint passes, and the Dockerfile's own install steps (wheel stage, then
-an index-free install of those wheels) give a working `lvscare` in a fresh virtualenv. No Docker
-engine runs on the development or CI machines, so this is how the image's install is proven."""
+"""The image's recipe: hadolint passes, and the Dockerfile's own install steps on the Docker path
+(wheel stage from the index, then an index-free install of those wheels by a pip run from its own
+wheel) give a working `lvscare` in a fresh virtualenv that has no pip. The image itself is built by
+scripts/image and run by a real pod runner in tests/kernel/test_pods.py."""
 
 from __future__ import annotations
 
@@ -20,8 +21,9 @@ from lvscare import __version__
 
 REPO = Path(__file__).resolve().parents[2]
 DOCKERFILE = (REPO / "Dockerfile").read_text()
-WHEEL = "pip wheel --no-cache-dir --wheel-dir /wheels ."
-INSTALL = 'pip install --no-cache-dir --no-index --find-links=/wheels "lvscare==${VERSION}"'
+WHEEL = "pip wheel --no-cache-dir --wheel-dir /wheels /src pip"
+INSTALL = ('python3 "$1/pip" install --no-cache-dir --no-index --find-links=/wheels --root-user-action=ignore'
+           ' \\\n        "lvscare==${VERSION}"')
 
 
 def test_hadolint_passes() -> None:
@@ -47,13 +49,16 @@ def test_the_dockerfile_install_steps_give_a_working_lvscare(tmp_path: Path) -> 
         return subprocess.run(cmd, check=check, capture_output=True, text=True, timeout=600, cwd=cwd)
 
     try:
-        run([sys.executable, "-m", *WHEEL.replace("/wheels", str(wheels)).split()], cwd=REPO)
+        run([sys.executable, "-m", *WHEEL.replace("/wheels", str(wheels)).replace("/src", str(REPO)).split()])
     except subprocess.CalledProcessError as exc:
         pytest.fail(f"pip wheel failed: {exc.stderr[-2000:]}")
     env_dir = tmp_path / "venv"
-    venv.create(env_dir, with_pip=True)
-    pip = str(env_dir / "bin" / "pip")
-    run([pip, "install", "--no-cache-dir", "--no-index", f"--find-links={wheels}", f"lvscare=={__version__}"])
+    venv.create(env_dir, with_pip=False)  # as scripts/image's base: a Python without pip
+    (pip_wheel,) = wheels.glob("pip-*.whl")
+    run([str(env_dir / "bin" / "python"), f"{pip_wheel}/pip", "install", "--no-cache-dir", "--no-index",
+         f"--find-links={wheels}", f"lvscare=={__version__}"])
+    assert not (env_dir / "bin" / "pip").exists()  # the install left no pip behind
+    venv_python = str(env_dir / "bin" / "python")
     lvscare = str(env_dir / "bin" / "lvscare")
     assert run([lvscare, "version", "--short"]).stdout.strip() == f"v{__version__}"
     pod = run([lvscare, "static-pod", "--masters", "10.0.0.2", "--print"]).stdout
@@ -71,7 +76,8 @@ def test_the_dockerfile_install_steps_give_a_working_lvscare(tmp_path: Path) -> 
     assert run([lvscare, "demo"], check=False).returncode == 2  # says where the demo runs from
     # The installer's import name is its own: PyPA's `installer` (pip tooling) can sit beside it.
     assert "lvscare_installer/cli.py" in files and not [f for f in files if f.startswith("installer/")]
-    run([pip, "install", "--no-cache-dir", "--no-deps", "installer"])
+    run([sys.executable, "-m", "pip", "--python", venv_python, "install",
+         "--no-cache-dir", "--no-deps", "installer"])
     both = run([str(env_dir / "bin" / "python"), "-c",
                 "import installer, installer.sources, lvscare_installer.cli; "
                 "print(installer.__file__, lvscare_installer.cli.__file__)"]).stdout.split()
