@@ -14,7 +14,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 from lvscare.config import Config, Endpoint, RsKey, VirtualServer
-from lvscare.health import Decision, Health, ProbeResult, State, decide, initial, step
+from lvscare.health import Decision, Health, ProbeResult, State, decide, departed, initial, step
 from lvscare.plan import (
     AddDest,
     DelDest,
@@ -194,6 +194,30 @@ class Core:
         """A real server drains a graceful shutdown: its removal waits on the kernel's count of its
         connections, which must then be read fresh, not from before the last write."""
         return any(h.shutdown and not h.dead for h in self.health.values())
+
+    def draining(self) -> frozenset[RsKey]:
+        """Real servers that serve, or that the kernel holds at weight 0 while a graceful
+        shutdown's or a departed member's connections finish."""
+        held = {(key.endpoint, ep) for key, state in self._expected.items() for ep in state.dests}
+        return frozenset(k for k, h in self.health.items()
+                         if h.serving or (h.shutdown and not h.dead and k in held))
+
+    def depart(self, keys: frozenset[RsKey], now: float) -> list[RsKey]:
+        """Drain real servers that left the members; those that had not been leaving yet."""
+        started = []
+        for key in sorted(keys, key=lambda k: (k[0], k[1])):
+            h = self.health.get(key)
+            if h is not None and not h.departed:
+                self.health[key] = departed(h, now)
+                started.append(key)
+        return started
+
+    def rejoin(self, keys: frozenset[RsKey], now: float) -> None:
+        """Members again after they had left: new real servers, probed before they serve."""
+        for key in keys:
+            h = self.health.get(key)
+            if h is not None and h.departed:
+                self.health[key] = Health(State.RECOVERING, since=now)
 
     def read(self, observed: Table) -> None:
         """The kernel's table, read now (connection counts for the decision)."""

@@ -33,7 +33,7 @@ from lvscare.effects import VipAccess, World
 from lvscare.errors import KernelError, RuntimeFailure, UserError
 from lvscare.health import ProbeResult, State
 from lvscare.log import get_logger
-from lvscare.members import apply_members, keep_departed_until_replaced, seed_weights
+from lvscare.members import apply_members, drain_departed, keep_departed_until_replaced, seed_weights
 from lvscare.metrics import Metrics
 from lvscare.plan import DelDest, Op, op_key, service_key
 from lvscare.snapshot import Snapshot
@@ -345,17 +345,26 @@ class Daemon:
 
     def _apply_members(self, members: tuple[Endpoint, ...], via: str) -> None:
         """Make the discovered members the real servers: new ones are probed and carry traffic
-        after ``rise`` good probes, departed ones go (a seed too)."""
+        after ``rise`` good probes; departed ones (a seed too) are drained while they still serve,
+        and go when their connections end."""
         self._members = members
+        now = self._now()
         serving = {k for k, h in self.core.health.items() if h.serving}
         new, kept = keep_departed_until_replaced(apply_members(self.cfg, members, self._seeds),
                                                  self.cfg, serving)
+        new, leaving = drain_departed(new, self.cfg, self.core.draining() - kept)
+        self.core.rejoin(frozenset(_keys_of(new)) - leaving, now)
         if kept - self._departed_kept:
             log.info("control-plane members left: kept until a new member serves",
                      kept=sorted(str(k[1]) for k in kept - self._departed_kept))
         self._departed_kept = kept
+        started = self.core.depart(leaving, now)
+        if started:
+            log.info("control-plane members left while serving: drained until their connections end",
+                     draining=[str(k[1]) for k in started])
+            self._wake.set()
         if new != self.cfg:
-            diff = self.core.reload(new, self._now())
+            diff = self.core.reload(new, now)
             for key in diff.removed:
                 task = self._probes.pop(key, None)
                 if task is not None:
@@ -589,3 +598,7 @@ def run(cfg: Config, reload: Callable[[], Config] | None = None) -> int:
 
         discovery = Discovery(kubeconfig.load(cfg.discover_from), cfg)  # bad input: exit 2 here
     return asyncio.run(Daemon(cfg, reload if cfg.config_file else None, discovery=discovery).run())
+
+
+def _keys_of(cfg: Config) -> set[RsKey]:
+    return {(vs.endpoint, rs.endpoint) for vs in cfg.virtual_servers for rs in vs.real_servers}

@@ -92,6 +92,7 @@ class Health:
     last: ProbeResult | None = None
     slow: bool = False  # alive, readiness late (only HTTP/2 probes tell)
     shutdown: bool = False  # draining a graceful shutdown: out when its connections end
+    departed: bool = False  # left the control plane's members while serving: drained, never back
 
     @property
     def serving(self) -> bool:
@@ -111,8 +112,24 @@ def initial(now: float, present: bool | None = True, draining: bool = False) -> 
     return Health(State.HEALTHY, since=now)
 
 
+def departed(h: Health, now: float) -> Health:
+    """A serving real server that left the members (kube-apiserver removes itself from the
+    Endpoints at SIGTERM, before its listener closes): weight 0, its connections left to finish,
+    as a graceful shutdown's."""
+    if h.departed:
+        return h
+    return Health(State.DOWN, since=now, drain_since=now, last=h.last, shutdown=True, departed=True,
+                  failures=h.failures)
+
+
 def step(h: Health, result: ProbeResult, now: float, rise: int, fall: int) -> Health:
     """The health after one probe result."""
+    if h.departed:
+        # No longer a member: a death ends its drain early (its clients reset); no answer
+        # brings it back. A member again is a new real server (Core.rejoin).
+        if result.outcome.dead:
+            return replace(h, dead=True, shutdown=False, last=result)
+        return replace(h, last=result)
     if result.outcome is Outcome.SLOW:
         if h.state in (State.HEALTHY, State.FAILING):
             return replace(h, state=State.HEALTHY, failures=0, drain_since=None, dead=False,
@@ -174,7 +191,7 @@ def kernel_weight(h: Health, weight: int, now: float, drain_period: float,
     if h.dead or h.drain_since is None:
         return None
     if h.shutdown:
-        if h.last is None:
+        if h.last is None and not h.departed:
             return 0  # adopted at weight 0: so until a probe says what it is
         if active is None or active == 0 or now - h.drain_since >= SHUTDOWN_DRAIN_MAX:
             return None

@@ -117,6 +117,24 @@ def keep_departed_until_replaced(new: Config, old: Config, serving: Collection[R
     return replace(new, virtual_servers=tuple(out)), frozenset(kept)
 
 
+def drain_departed(new: Config, old: Config, draining: Collection[RsKey]
+                   ) -> tuple[Config, frozenset[RsKey]]:
+    """``new`` with the real servers of ``old`` that left the members but are still ``draining``
+    (serving, or held at weight 0 while their connections finish) kept; and the keys kept.
+
+    Deleting a member the moment it leaves resets every client it still serves, though a
+    kube-apiserver leaves the Endpoints at SIGTERM and keeps serving through its shutdown delay."""
+    out, kept = [], set()
+    for vs in new.virtual_servers:
+        before = next((v for v in old.virtual_servers if v.endpoint == vs.endpoint), None)
+        present = {rs.endpoint for rs in vs.real_servers}
+        stay = tuple(rs for rs in (before.real_servers if before else ())
+                     if rs.endpoint not in present and (vs.endpoint, rs.endpoint) in draining)
+        kept |= {(vs.endpoint, rs.endpoint) for rs in stay}
+        out.append(replace(vs, real_servers=vs.real_servers + stay) if stay else vs)
+    return replace(new, virtual_servers=tuple(out)), frozenset(kept)
+
+
 def seed_weights(cfg: Config) -> dict[Endpoint, int]:
     return {rs.endpoint: rs.weight for vs in cfg.virtual_servers for rs in vs.real_servers}
 

@@ -514,10 +514,13 @@ def test_discovered_members_become_the_real_servers_and_a_broken_answer_changes_
         assert {str(v.real_server.endpoint): v.source for v in
                 r.daemon.snapshot.virtual_servers[0].real_servers} == {
             RS1: "discovered", RS2: "discovered", RS3: "discovered"}
-        # A seed that left the control plane goes.
+        # A seed that left the control plane goes: drained first (it had no connections, so at
+        # the next reconcile), then out of the configuration at the next round.
         fetch.answers["server"] = (200, endpoints("10.0.0.2", "10.0.0.3"))
         await r.until(lambda: r.fake.ipvs.weights() == {RS2: 1, RS3: 1}, 4)
-        assert r.events("control-plane members changed")[-1]["removed"] == [RS1]
+        (drained,) = r.events("control-plane members left while serving: drained until their connections end")
+        assert drained["draining"] == [RS1]
+        await r.until(lambda: r.events("control-plane members changed")[-1]["removed"] == [RS1], 3)
         # Empty, broken, forbidden: nothing changes, one line per episode.
         failed = "discovery failed: keeping the current real servers"
         for n, answer in enumerate(((200, endpoints()), (200, b"<html>"), (403, b"")), 1):
@@ -534,6 +537,53 @@ def test_discovered_members_become_the_real_servers_and_a_broken_answer_changes_
     assert r.daemon.metrics.discovery_failures["forbidden"] >= 1
     saved = json.loads((tmp_path / "state" / "members-10.103.97.2-6443.json").read_text())
     assert saved["members"] == [RS2, RS3]
+
+
+def test_a_member_that_leaves_while_serving_is_drained_not_cut(tmp_path: Any) -> None:
+    """kube-apiserver leaves the Endpoints at SIGTERM and serves through its shutdown delay: its
+    real server goes to weight 0 at once, its clients are not reset, and it is deleted when the
+    kernel counts none of its connections established. Back in the members, it is probed anew."""
+    from .test_discovery import FakeFetch, endpoints
+
+    fetch = FakeFetch()
+    fetch.answers["server"] = (200, endpoints("10.0.0.1", "10.0.0.2", "10.0.0.3"))
+    cfg = config(rs=[RS1, RS2, RS3], discover_interval="2s", state_dir=str(tmp_path / "state"))
+
+    async def drive(r: Run) -> None:
+        await r.until(lambda: r.fake.ipvs.weights() == ALL, 5)
+        r.fake.ipvs.active[RS1] = 4
+        fetch.answers["server"] = (200, endpoints("10.0.0.2", "10.0.0.3"))
+        await r.until(lambda: r.fake.ipvs.weights() == {RS1: 0, RS2: 1, RS3: 1}, 4)
+        # Held at weight 0 through discovery rounds and probes that still answer.
+        await r.hold(lambda: r.fake.ipvs.weights() == {RS1: 0, RS2: 1, RS3: 1}, 6)
+        assert r.fake.client_reset.resets == []
+        r.fake.ipvs.active[RS1] = 0
+        await r.until(lambda: r.fake.ipvs.weights() == {RS2: 1, RS3: 1}, 3)
+        await r.until(lambda: r.events("control-plane members changed")[-1]["removed"] == [RS1], 3)
+        # It comes back (restarted): a new real server, in after `rise` good probes.
+        fetch.answers["server"] = (200, endpoints("10.0.0.1", "10.0.0.2", "10.0.0.3"))
+        await r.until(lambda: r.fake.ipvs.weights() == ALL, 5)
+
+    play(drive, cfg, discovery=_discovery(tmp_path, fetch, cfg))
+
+
+def test_a_member_that_leaves_and_dies_while_draining_is_cut_at_once(tmp_path: Any) -> None:
+    from .test_discovery import FakeFetch, endpoints
+
+    fetch = FakeFetch()
+    fetch.answers["server"] = (200, endpoints("10.0.0.1", "10.0.0.2", "10.0.0.3"))
+    cfg = config(rs=[RS1, RS2, RS3], discover_interval="2s", state_dir=str(tmp_path / "state"))
+
+    async def drive(r: Run) -> None:
+        await r.until(lambda: r.fake.ipvs.weights() == ALL, 5)
+        r.fake.ipvs.active[RS1] = 4
+        fetch.answers["server"] = (200, endpoints("10.0.0.2", "10.0.0.3"))
+        await r.until(lambda: r.fake.ipvs.weights() == {RS1: 0, RS2: 1, RS3: 1}, 4)
+        r.fake.prober.set_fault(ep(RS1), "timeout")  # dead before its connections ended
+        await r.until(lambda: r.fake.ipvs.weights() == {RS2: 1, RS3: 1}, 5)
+        assert r.fake.client_reset.resets == [(f"{VIP}:6443", RS1)]
+
+    play(drive, cfg, discovery=_discovery(tmp_path, fetch, cfg))
 
 
 def test_a_state_file_of_this_cluster_is_used_before_the_first_answer(tmp_path: Any) -> None:
