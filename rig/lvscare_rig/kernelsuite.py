@@ -27,6 +27,9 @@ from typing import Any
 
 from lvscare_rig import testkernel
 
+# Each kernel's memory: the real control plane (etcd and three kube-apiservers of about 330 MB
+# each, test_real_apiserver.py) runs in one; the host lends it only what is touched.
+MEM = "3G"
 ROOT = Path(__file__).resolve().parents[2]
 TESTS = "tests/kernel"
 # Durations of a run on the CI's kind of machine, for the order of a first run; later runs use
@@ -120,7 +123,7 @@ def run_parallel(args: Sequence[str], kernels: int) -> int:
             try:
                 rc = testkernel.boot([sys.executable, *PYTEST, "-p", "lvscare_rig.claim", TESTS,
                                       *args], cwd=str(ROOT), env=env, shared=[suite],
-                                     stdout=log.fileno(), timeout=3600)
+                                     stdout=log.fileno(), timeout=3600, mem=MEM)
             except testkernel.TestKernelMissing as exc:
                 log.write(f"error: {exc}\n".encode())
                 rc = 1
@@ -169,7 +172,7 @@ def _save_hints(run: Run) -> None:
 
 def run_single(args: Sequence[str]) -> int:
     return testkernel.boot([sys.executable, *PYTEST, "--durations=12", TESTS, *args],
-                           cwd=str(ROOT), timeout=3600)
+                           cwd=str(ROOT), timeout=3600, mem=MEM)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
