@@ -12,7 +12,9 @@ namespaces it creates; backends have no route back to the VIP. Default settings 
 
 Backends are hypercorn speaking h2 as kube-apiserver does (so lvscare probes with HTTP/2 PINGs and
 /readyz, its default on such a server); BENCH_SERVER=stdlib gives the HTTP/1.1-only backends of the
-earlier figures.
+earlier figures; BENCH_SERVER=real three real kube-apiservers (1.20) and etcd
+(rig/lvscare_rig/realplane.py, built by scripts/control-plane): detection only (a killed one is
+restarted and waited for, ready, between trials).
 
 Usage: .venv/bin/python bench/failover.py [--trials 20] [--skip keepalived,...]
 Every trial counts: one that does not finish within its bound (detection 60 s, client recovery
@@ -193,6 +195,8 @@ def detection(lab: topology.Lab, table: Table, fault: str, trials: int) -> Trial
             lab.start(b)
         else:
             lab.blackhole(b, on=False)
+        if _PLANE is not None:
+            _PLANE.wait_ready(b)
     return result
 
 
@@ -314,9 +318,19 @@ def footprint(lab: topology.Lab, seconds: float) -> tuple[float, float]:
 def node_with(start: str) -> Iterator[tuple[topology.Lab, Table]]:
     """A fresh lab; this process in its node namespace; ``start`` ("keepalived", "lvscare
     <mode>" or "") running there until the block ends."""
-    lab = topology.build(backends=3, server=os.environ.get("BENCH_SERVER", "h2"))
+    global _PLANE
+    real = os.environ.get("BENCH_SERVER") == "real"
+    lab = topology.build(backends=3, server="h2" if real else os.environ.get("BENCH_SERVER", "h2"),
+                         start=not real)
     proc = None
     try:
+        if real:
+            from lvscare_rig import realplane
+
+            _PLANE = plane = realplane.build(lab)
+            # kill and start act on the real apiservers (Lab.kill/start are the stand-ins').
+            lab.kill = lambda b, sig=signal.SIGKILL: plane.stop(b, sig)  # type: ignore[method-assign]
+            lab.start = plane.start  # type: ignore[method-assign]
         enter_netns(lab.node)
         table = Table()
         if start == "keepalived":
@@ -329,7 +343,13 @@ def node_with(start: str) -> Iterator[tuple[topology.Lab, Table]]:
             proc.send_signal(signal.SIGTERM)
             proc.wait(15)
         enter_netns_root()
+        if _PLANE is not None:
+            _PLANE.close()
+            _PLANE = None
         lab.close()
+
+
+_PLANE = None  # BENCH_SERVER=real: the control plane of the current lab
 
 
 def inside(trials: int, skip: set[str], footprint_seconds: float) -> int:
@@ -394,7 +414,11 @@ def main() -> int:
         log.configure("warning")
         return inside(args.trials, set(filter(None, args.skip.split(","))),
                       args.footprint_seconds)
-    return testkernel.boot([sys.executable, *sys.argv], timeout=3600,
+    if os.environ.get("BENCH_SERVER") == "real":
+        from lvscare_rig import controlplane
+
+        controlplane.build()
+    return testkernel.boot([sys.executable, *sys.argv], timeout=3600, mem="3G",
                            env={k: v for k, v in os.environ.items() if k.startswith("BENCH_")})
 
 

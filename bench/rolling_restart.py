@@ -1,6 +1,6 @@
 """A rolling restart of three apiservers, as every upgrade does, seen by a node's clients.
 
-    .venv/bin/python bench/rolling_restart.py [--delays 0,10] [--skip keepalived,haproxy]
+    .venv/bin/python bench/rolling_restart.py [--delays 0,10] [--skip keepalived,haproxy] [--real]
 
 In the test kernel (booted when the host has no IPVS), in one boot, for each balancer and each
 ``--shutdown-delay-duration``: a fresh lab of three stand-ins that follow kube-apiserver's
@@ -15,6 +15,11 @@ and three clients on the node through the VIP:
              retried once, and "connection refused" is a failure.
 
 Then each apiserver in turn: SIGTERM, its exit, its restart, and the balancer taking it back.
+
+With ``--real``: three real kube-apiservers (1.20, Debian's source package, and etcd:
+rig/lvscare_rig/realplane.py, built by scripts/control-plane) with ``--shutdown-delay-duration``
+the delay, instead of the stand-ins. Their "long" requests are watches of namespaces with
+``timeoutSeconds=6`` (admin certificate), the real apiserver's long-running request.
 
 Balancers: lvscare (defaults, route mode); keepalived as the Kubernetes HA guide sets it up
 (SSL_GET /healthz, delay_loop 5: bench/failover.py); haproxy with kubespray's settings (mode tcp,
@@ -44,12 +49,16 @@ from lvscare_rig import testkernel, topology
 
 VIP = "10.103.97.2"
 PORT = 6443
+CLIENT_CERT: tuple[str, str] | None = None  # --real: the admin's certificate and key
+LONG = "/sleep/6"
 
 
 def _tls() -> ssl.SSLContext:
     ctx = ssl.create_default_context()
     ctx.check_hostname = False
     ctx.verify_mode = ssl.CERT_NONE
+    if CLIENT_CERT is not None:
+        ctx.load_cert_chain(*CLIENT_CERT)
     return ctx
 
 
@@ -103,7 +112,7 @@ class Clients:
     def _long(self) -> None:
         def one(began: float) -> None:
             try:
-                get("/sleep/6", 30)
+                get(LONG, 30)
                 self.long.add(True, began)
             except OSError:
                 self.long.add(False, began)
@@ -212,15 +221,24 @@ def in_table(address: str) -> bool:
                if line.strip().startswith("->"))
 
 
-def run(kind: str, delay: float) -> tuple[dict[str, int], list[dict[str, int]]]:
+def run(kind: str, delay: float, real: bool) -> tuple[dict[str, int], list[dict[str, int]]]:
+    global CLIENT_CERT, LONG
     from chaos import in_netns
 
     lab = topology.build(backends=3, server="apiserver", start=False)
     lab.backend_args = ["--shutdown-delay", f"{delay:g}"]
     balancer = None
+    plane = None
     try:
-        for b in lab.backends:
-            lab.start(b)
+        if real:
+            from lvscare_rig import realplane
+
+            plane = realplane.build(lab, shutdown_delay=delay)
+            CLIENT_CERT = (str(plane.dir / "admin.crt"), str(plane.dir / "admin.key"))
+            LONG = "/api/v1/namespaces?watch=1&timeoutSeconds=6"
+        else:
+            for b in lab.backends:
+                lab.start(b)
         with in_netns(lab.node):
             balancer = start_balancer(kind, lab)
             settle = 35.0 if kind == "haproxy" else 15.0
@@ -237,11 +255,16 @@ def run(kind: str, delay: float) -> tuple[dict[str, int], list[dict[str, int]]]:
             time.sleep(3)
             marks = [time.monotonic()]
             for b in lab.backends:
-                assert b.proc is not None
-                b.proc.send_signal(signal.SIGTERM)
-                b.proc.wait(timeout=delay + 90)
-                b.proc = None
-                lab.start(b)
+                if plane is not None:
+                    plane.stop(b, signal.SIGTERM)
+                    plane.start(b)
+                    plane.wait_ready(b)
+                else:
+                    assert b.proc is not None
+                    b.proc.send_signal(signal.SIGTERM)
+                    b.proc.wait(timeout=delay + 90)
+                    b.proc = None
+                    lab.start(b)
                 back = time.monotonic() + settle
                 while time.monotonic() < back:
                     if kind != "haproxy" and in_table(b.address):
@@ -266,17 +289,20 @@ def run(kind: str, delay: float) -> tuple[dict[str, int], list[dict[str, int]]]:
         if balancer is not None:
             balancer.send_signal(signal.SIGTERM)
             balancer.wait(15)
+        if plane is not None:
+            plane.close()
         lab.close()
 
 
-def inside(delays: list[float], skip: set[str]) -> int:
-    print(f"rolling restart of 3 apiserver stand-ins, kernel {os.uname().release}", flush=True)
+def inside(delays: list[float], skip: set[str], real: bool) -> int:
+    what = "real kube-apiservers (1.20)" if real else "apiserver stand-ins"
+    print(f"rolling restart of 3 {what}, kernel {os.uname().release}", flush=True)
     for kind in ("lvscare", "keepalived", "haproxy"):
         if kind in skip or (kind != "lvscare" and not shutil.which(kind)):
             print(f"  {kind}: skipped" + ("" if kind in skip else f" (apt-get install {kind})"))
             continue
         for delay in delays:
-            totals, per = run(kind, delay)
+            totals, per = run(kind, delay, real)
             print(f"  {kind:10} delay {delay:>4g}s: new connections failed {totals['new']} of "
                   f"{totals['new_of']}, long requests cut {totals['long']} of {totals['long_of']}, "
                   f"standing client failed {totals['standing']} of {totals['standing_of']}; "
@@ -289,15 +315,20 @@ def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--delays", default="0,10")
     ap.add_argument("--skip", default="", help="comma list: keepalived,haproxy")
+    ap.add_argument("--real", action="store_true", help="real kube-apiservers instead of stand-ins")
     args = ap.parse_args()
     delays = [float(d) for d in args.delays.split(",") if d]
     if os.environ.get("LVSCARE_TEST_KERNEL") or testkernel.host_has_ipvs():
         from lvscare import log
 
         log.configure("warning")
-        return inside(delays, set(filter(None, args.skip.split(","))))
+        return inside(delays, set(filter(None, args.skip.split(","))), args.real)
+    if args.real:
+        from lvscare_rig import controlplane
+
+        controlplane.build()
     return testkernel.boot([sys.executable, str(Path(__file__).resolve()), *sys.argv[1:]],
-                           timeout=3600)
+                           timeout=3600, mem="3G")
 
 
 if __name__ == "__main__":

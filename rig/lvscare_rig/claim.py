@@ -8,6 +8,9 @@ host does it atomically for every kernel (hostfs passes it through; its ``open``
 ``O_EXCL``). Each result is appended to ``results-<worker>.jsonl`` as it ends, for
 ``lvscare_rig.kernelsuite``'s progress lines and combined report.
 
+A module that sets ``CLAIM_WHOLE_MODULE = True`` is claimed as one unit and its tests run in
+order in one kernel, so that a costly module-scoped fixture (a real control plane) is set up once.
+
 Loaded with ``-p lvscare_rig.claim``; without ``LVSCARE_SUITE_DIR`` it does nothing.
 """
 
@@ -44,6 +47,24 @@ def longest_first(nodeids: list[str], hints: dict[str, float]) -> list[str]:
     return sorted(nodeids, key=lambda n: -hints.get(n, typical))
 
 
+def units(items: list[pytest.Item], hints: dict[str, float]) -> list[tuple[str, list[pytest.Item]]]:
+    """What is claimed: a test, or a whole module that asks for it; longest first."""
+    out: list[tuple[str, list[pytest.Item]]] = []
+    modules: dict[str, list[pytest.Item]] = {}
+    for item in items:
+        module = getattr(item, "module", None)
+        if module is not None and getattr(module, "CLAIM_WHOLE_MODULE", False):
+            key = item.nodeid.split("::")[0]
+            if key not in modules:
+                modules[key] = []
+                out.append((key, modules[key]))
+            modules[key].append(item)
+        else:
+            out.append((item.nodeid, [item]))
+    typical = statistics.median(hints.values()) if hints else 0.0
+    return sorted(out, key=lambda u: -sum(hints.get(i.nodeid, typical) for i in u[1]))
+
+
 def _claim(suite: Path, nodeid: str) -> bool:
     try:
         (suite / "claims" / hashlib.sha256(nodeid.encode()).hexdigest()).mkdir()
@@ -77,19 +98,21 @@ def pytest_runtestloop(session: pytest.Session) -> bool | None:
         raise session.Interrupted(f"{session.testsfailed} errors during collection")
     suite = Path(_DIR)
     stop = suite / "stop"
-    for item in session.items:
+    for key, group in units(session.items, expected_durations()):
         if stop.exists():
             break
-        if not _claim(suite, item.nodeid):
+        if not _claim(suite, key):
             continue
-        # nextitem=None: which test this kernel runs next is not known until it claims one, so
-        # every fixture is torn down after each test (all of the suite's are per test anyway).
-        item.config.hook.pytest_runtest_protocol(item=item, nextitem=None)
-        if session.shouldfail:
-            stop.mkdir(exist_ok=True)  # -x: the other kernels stop too
-            raise session.Failed(session.shouldfail)
-        if session.shouldstop:
-            raise session.Interrupted(session.shouldstop)
+        for i, item in enumerate(group):
+            # nextitem=None after a unit: which test this kernel runs next is not known until it
+            # claims one, so its fixtures are torn down; within a claimed module they are kept.
+            nextitem = group[i + 1] if i + 1 < len(group) else None
+            item.config.hook.pytest_runtest_protocol(item=item, nextitem=nextitem)
+            if session.shouldfail:
+                stop.mkdir(exist_ok=True)  # -x: the other kernels stop too
+                raise session.Failed(session.shouldfail)
+            if session.shouldstop:
+                raise session.Interrupted(session.shouldstop)
     return True
 
 

@@ -111,7 +111,12 @@ def _read_results(suite: Path, run: Run, announce: bool) -> None:
 
 def run_parallel(args: Sequence[str], kernels: int) -> int:
     suite = Path(tempfile.mkdtemp(prefix="lvscare-suite-", dir="/tmp"))
-    hints = hints_file() if hints_file().exists() else COMMITTED_HINTS
+    # The committed durations, updated by this machine's last runs (a new test is timed there).
+    known = json.loads(COMMITTED_HINTS.read_text())
+    if hints_file().exists():
+        known.update(json.loads(hints_file().read_text()))
+    hints = suite / "hints.json"
+    hints.write_text(json.dumps(known))
     run = Run()
     started = time.monotonic()
     print(f"kernel tests in {kernels} test kernels (LVSCARE_KERNELS to change)", flush=True)

@@ -39,6 +39,7 @@ class ControlPlane:
     bin: Path
     shutdown_delay: float = 0.0
     extra: list[str] = field(default_factory=list)
+    etcd_address: str = ETCD
     etcd: subprocess.Popen[bytes] | None = None
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
 
@@ -87,8 +88,8 @@ class ControlPlane:
         data = self.dir / "etcd"
         self.etcd = subprocess.Popen(
             self.lab.node_cmd(str(self.bin / "etcd"), "--data-dir", str(data), "--name", "node",
-                              "--listen-client-urls", f"http://{ETCD}:2379",
-                              "--advertise-client-urls", f"http://{ETCD}:2379",
+                              "--listen-client-urls", f"http://{self.etcd_address}:2379",
+                              "--advertise-client-urls", f"http://{self.etcd_address}:2379",
                               "--listen-peer-urls", "http://127.0.0.1:2380",
                               "--initial-advertise-peer-urls", "http://127.0.0.1:2380",
                               "--initial-cluster", "node=http://127.0.0.1:2380",
@@ -97,10 +98,11 @@ class ControlPlane:
             start_new_session=True)
 
     def argv(self, b: Backend) -> list[str]:
+        """kube-apiserver's command line; a flag of ``extra`` replaces the default one."""
         d = self.dir
-        return [str(self.bin / "kube-apiserver"),
+        argv = [str(self.bin / "kube-apiserver"),
                 f"--advertise-address={b.ip4}", f"--bind-address={b.ip4}", "--secure-port=6443",
-                f"--etcd-servers=http://{ETCD}:2379",
+                f"--etcd-servers=http://{self.etcd_address}:2379",
                 f"--client-ca-file={d / 'ca.crt'}",
                 f"--tls-cert-file={d / f'{b.name}.crt'}", f"--tls-private-key-file={d / f'{b.name}.key'}",
                 f"--service-account-key-file={d / 'sa.pub'}",
@@ -111,7 +113,9 @@ class ControlPlane:
                 "--endpoint-reconciler-type=lease", "--allow-privileged=true",
                 f"--cert-dir={d / ('certs-' + b.name)}",
                 f"--shutdown-delay-duration={self.shutdown_delay:g}s",
-                "--request-timeout=60s", "--v=0", *self.extra]
+                "--request-timeout=60s", "--v=0"]
+        given = {e.split("=", 1)[0] for e in self.extra}
+        return [a for a in argv if a.split("=", 1)[0] not in given] + self.extra
 
     def start(self, b: Backend) -> None:
         """Start ``b``'s apiserver (not waiting for it)."""
@@ -146,6 +150,13 @@ class ControlPlane:
         return sh(*self.lab.node_cmd(str(self.bin / "kubectl"), "--kubeconfig",
                                      self.kubeconfig(who, server), *args), check=False, timeout=timeout)
 
+    def static_pod(self, b: Backend) -> dict[str, object]:
+        """The manifest kubeadm would write for ``b``'s apiserver, with the flags it runs with."""
+        return {"apiVersion": "v1", "kind": "Pod",
+                "metadata": {"name": "kube-apiserver", "namespace": "kube-system"},
+                "spec": {"containers": [{"name": "kube-apiserver",
+                                         "command": ["kube-apiserver", *self.argv(b)[1:]]}]}}
+
     def close(self) -> None:
         for b in self.lab.backends:
             self.stop(b, signal.SIGKILL)
@@ -155,12 +166,13 @@ class ControlPlane:
 
 
 def build(lab: Lab, shutdown_delay: float = 0.0, extra: list[str] | None = None,
-          start: bool = True) -> ControlPlane:
-    """The control plane of ``lab`` (whose backends must not be started): certificates, etcd, and
-    every apiserver started and ready unless ``start`` is False."""
+          start: bool = True, etcd_address: str = ETCD) -> ControlPlane:
+    """The control plane of ``lab`` (whose backends must not be started): certificates, etcd (on
+    the lab's node, at ``etcd_address``), and every apiserver started and ready unless ``start``
+    is False."""
     d = lab.workdir / "controlplane"
     d.mkdir()
-    cp = ControlPlane(lab, d, controlplane.bindir(), shutdown_delay, list(extra or []))
+    cp = ControlPlane(lab, d, controlplane.bindir(), shutdown_delay, list(extra or []), etcd_address)
     cp.certificates()
     cp.start_etcd()
     if start:

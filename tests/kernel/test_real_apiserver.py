@@ -23,6 +23,7 @@ from lvscare_rig.realplane import ControlPlane
 from .helpers import Care, wait, weights
 
 VIP = "10.103.97.2"
+CLAIM_WHOLE_MODULE = True  # one control plane for the module, in one kernel (lvscare_rig.claim)
 FAIL_OPEN = "all real servers down: keeping the last healthy ones (fail-open)"
 
 # New connections through the VIP, GET /version each, at a rate, for a time; JSON of the outcome.
@@ -59,11 +60,20 @@ def plane() -> Iterator[ControlPlane]:
         lab.close()
 
 
-def care(cp: ControlPlane, *args: str) -> Care:
+def care(cp: ControlPlane, *args: str, kubeconfig: str | None = None, state: str | None = None) -> Care:
     b1 = cp.lab.backends[0]
-    return Care(cp.lab, "--discover-from", cp.kubeconfig("node"), "--discover-interval", "1s",
-                "--state-dir", str(cp.dir / f"state-{time.monotonic_ns()}"), "--health-path", "/readyz",
-                *args, rs=[b1.address])
+    return Care(cp.lab, "--discover-from", kubeconfig or cp.kubeconfig("node"), "--discover-interval", "1s",
+                "--state-dir", state or str(cp.dir / f"state-{time.monotonic_ns()}"),
+                "--health-path", "/readyz", *args, rs=[b1.address])
+
+
+def restore(cp: ControlPlane, b: topology.Backend) -> None:
+    """``b``'s apiserver running and ready again, whatever the test left."""
+    if b.name in cp.procs and cp.procs[b.name].poll() is None and cp.ready(b):
+        return
+    cp.stop(b, signal.SIGKILL)
+    cp.start(b)
+    cp.wait_ready(b)
 
 
 def everyone(cp: ControlPlane) -> dict[str, int]:
@@ -105,9 +115,7 @@ def test_kubectl_through_the_vip_survives_a_killed_apiserver(plane: ControlPlane
         wait(lambda: weights(plane.lab) == everyone(plane), 60, daemon)
     finally:
         daemon.stop()
-        if victim.name not in plane.procs:
-            plane.start(victim)
-            plane.wait_ready(victim)
+        restore(plane, victim)
 
 
 def test_a_graceful_shutdown_drains_the_departing_member_and_costs_nothing(plane: ControlPlane) -> None:
@@ -134,6 +142,100 @@ def test_a_graceful_shutdown_drains_the_departing_member_and_costs_nothing(plane
         assert [e for e in daemon.events("clients nudged") if e["rs"] == victim.address] == []
     finally:
         daemon.stop()
-        plane.stop(victim, signal.SIGKILL)
-        plane.start(victim)
-        plane.wait_ready(victim)
+        restore(plane, victim)
+
+
+def test_a_blackholed_apiserver_is_out_and_back(plane: ControlPlane) -> None:
+    """Powered off behind a switch (every packet dropped, the link up): out within the HTTP/2
+    probe's timeout bounds, back after rise good probes once its packets flow."""
+    daemon = care(plane).start(wait_for=[b.address for b in plane.lab.backends])
+    victim = plane.lab.backends[2]
+    try:
+        wait(lambda: weights(plane.lab) == everyone(plane), 30, daemon)
+        began = plane.lab.blackhole(victim)
+        wait(lambda: victim.address not in weights(plane.lab), 10, daemon)
+        print(f"\nblackholed apiserver out of the table in {time.monotonic() - began:.2f} s")
+        assert plane.kubectl("get", "--raw", "/readyz").returncode == 0
+        plane.lab.blackhole(victim, on=False)
+        wait(lambda: weights(plane.lab) == everyone(plane), 30, daemon)
+    finally:
+        daemon.stop()
+        restore(plane, victim)
+
+
+def test_members_follow_apiservers_that_stop_and_start(plane: ControlPlane) -> None:
+    """The lease reconciler's own Endpoints: an apiserver stopped leaves them (drained, then out of
+    the table); started again, it publishes itself and is in after rise good probes. A restarted
+    lvscare with the same state directory starts from every member, before its first answer."""
+    state = str(plane.dir / f"state-{time.monotonic_ns()}")
+    daemon = care(plane, state=state).start(wait_for=[b.address for b in plane.lab.backends])
+    leaver = plane.lab.backends[2]
+    try:
+        wait(lambda: weights(plane.lab) == everyone(plane), 30, daemon)
+        plane.stop(leaver, signal.SIGTERM)
+        wait(lambda: leaver.address not in weights(plane.lab), 30, daemon)
+        wait(lambda: any(leaver.address in e["removed"]
+                         for e in daemon.events("control-plane members changed")), 10, daemon)
+        began = time.monotonic()
+        plane.start(leaver)
+        wait(lambda: weights(plane.lab) == everyone(plane), 120, daemon)
+        print(f"\nrestarted apiserver back in the table {time.monotonic() - began:.1f} s after its start")
+        assert daemon.events(FAIL_OPEN) == []
+    finally:
+        daemon.stop()
+        restore(plane, leaver)
+    # A new lvscare, the one seed, the same state directory: every member from the file at once.
+    plane.lab.run("ipvsadm", "-C")
+    again = care(plane, state=state).start(wait_for=[b.address for b in plane.lab.backends])
+    try:
+        (used,) = again.events("members from the discovery state file")
+        assert sorted(used["members"]) == sorted(b.address for b in plane.lab.backends)  # type: ignore[arg-type]
+    finally:
+        again.stop()
+
+
+def test_an_unreachable_kubeconfig_server_is_bypassed_through_the_real_members(plane: ControlPlane) -> None:
+    """The kubeconfig names a control-plane endpoint that resolves nowhere here: the members are
+    asked directly, each real serving certificate checked against the CA and that name."""
+    kubeconfig = plane.kubeconfig("node", server="https://apiserver.cluster.local:6443")
+    daemon = care(plane, kubeconfig=kubeconfig).start(wait_for=[plane.lab.backends[0].address])
+    try:
+        wait(lambda: weights(plane.lab) == everyone(plane), 60, daemon)
+        vias = {e["via"] for e in daemon.events("control-plane members changed")}
+        assert vias and "server" not in vias, vias
+    finally:
+        daemon.stop()
+
+
+def test_goaway_chance_for_minutes_ejects_no_one(plane: ControlPlane) -> None:
+    """Every apiserver restarted with --goaway-chance=0.02 (the most it allows): any HTTP/2 answer,
+    readiness included, may end its connection with a GOAWAY. For 150 s of probing (readiness
+    every second), no real server leaves the table and none changes state; the probes' new TCP
+    connections, counted by the node's firewall, show the GOAWAYs happened. Last in the module:
+    the apiservers keep the flag."""
+    plane.extra.append("--goaway-chance=0.02")
+    for b in plane.lab.backends:
+        plane.stop(b, signal.SIGKILL)
+        plane.start(b)
+    plane.wait_ready(*plane.lab.backends)
+    for b in plane.lab.backends:
+        plane.lab.run("iptables-legacy", "-w", "5", "-I", "OUTPUT", "-p", "tcp", "--syn", "-d", b.ip4,
+                      "--dport", "6443", "-j", "ACCEPT")
+    daemon = care(plane, "--readiness-interval", "1s").start(wait_for=[b.address for b in plane.lab.backends])
+    try:
+        wait(lambda: weights(plane.lab) == everyone(plane), 30, daemon)
+        time.sleep(3)  # the discovered members' own rise is logged
+        settled = len(daemon.events())
+        end = time.monotonic() + 150
+        while time.monotonic() < end:
+            assert weights(plane.lab) == everyone(plane)
+            time.sleep(1)
+        after = [e for e in daemon.events()[settled:] if str(e["event"]).startswith("real server")]
+        print(f"\nstate changes while GOAWAYs came: {after}")
+        assert after == []
+        counters = plane.lab.run("iptables-legacy", "-w", "5", "-L", "OUTPUT", "-v", "-n", "-x").stdout
+        syns = sum(int(line.split()[0]) for line in counters.splitlines() if "dpt:6443" in line)
+        print(f"\n150 s with --goaway-chance=0.02: {syns} probe connections opened to 3 apiservers")
+        assert syns > 3 + 2  # a connection each, and GOAWAYs that made the probes reconnect
+    finally:
+        daemon.stop()

@@ -165,7 +165,8 @@ FOREIGN = {"pyenv init", "prepend-iptables-chains: false", "kill -HUP", "ss -K",
            "k8sServicePort: 6443", "proto 76", "runAsUser: 0",
            "shutdown-delay-duration: 15s",  # kubeadm's extraArgs
            "httpchk GET /healthz",  # haproxy
-           "imagePullPolicy: IfNotPresent", "podman kube play", "nsenter --net", "pod start"}
+           "imagePullPolicy: IfNotPresent", "podman kube play", "nsenter --net", "pod start",
+           "dpkg-deb -x"}
 TOOLS = ("lvscare", "installer", "kubectl", "helm", "crictl", "ctr", "ip", "iptables", "ipset", "curl",
          "sysctl", "docker", "kubeadm", "openssl", "python3", "echo", "rm", "sh", "apt", "pip",
          "ipvsadm", "ssh", "setpriv", "unshare", "systemctl", "sealctl", "pytest", "accept for",
@@ -220,6 +221,8 @@ FOREIGN_FLAGS = {
     "--patches", "--shutdown-delay-duration", "--request-timeout",  # kubeadm, kube-apiserver
     "--delays", "--seconds", "--seed", "--keep",  # bench/rolling_restart.py, bench/chaos.py
     "--build-arg", "--net", "--start",  # buildah/docker build, nsenter, podman kube play
+    "--authorization-mode", "--endpoint-reconciler-type", "--shutdown-send-retry-after",
+    "--shutdown-watch-termination-grace-period",  # kube-apiserver
 }
 
 

@@ -192,3 +192,17 @@ def test_the_longest_tests_are_claimed_first_and_untimed_ones_count_as_typical()
     assert claim.longest_first(["fast", "new", "slow", "mid", "short"], hints) == [
         "slow", "mid", "new", "short", "fast"]
     assert claim.longest_first(["b", "a"], {}) == ["b", "a"]
+
+
+def test_a_module_that_asks_is_claimed_as_one_unit_in_its_order() -> None:
+    """A costly module fixture (the real control plane) is set up once: its tests form one unit,
+    ordered among the others by their summed durations, in their own order inside."""
+    from types import SimpleNamespace
+
+    whole, single = SimpleNamespace(CLAIM_WHOLE_MODULE=True), SimpleNamespace()
+    items = [SimpleNamespace(nodeid=n, module=m) for n, m in (
+        ("a.py::t1", single), ("real.py::t1", whole), ("b.py::t1", single), ("real.py::t2", whole))]
+    hints = {"a.py::t1": 50.0, "b.py::t1": 10.0, "real.py::t1": 30.0, "real.py::t2": 30.0}
+    got = claim.units(items, hints)  # type: ignore[arg-type]
+    assert [(key, [i.nodeid for i in group]) for key, group in got] == [
+        ("real.py", ["real.py::t1", "real.py::t2"]), ("a.py::t1", ["a.py::t1"]), ("b.py::t1", ["b.py::t1"])]
