@@ -62,6 +62,22 @@ class Answer:
 BODY_LIMIT = 4096
 
 
+class _Client(h2.connection.H2Connection):
+    """h2's client connection, except that a graceful GOAWAY leaves it open for what was promised.
+
+    h2 closes its connection state machine on any GOAWAY, and then refuses every later frame. Go
+    (kube-apiserver with --goaway-chance, and at shutdown) sends GOAWAY(NO_ERROR) *before* the
+    HEADERS of the stream it is answering, which the GOAWAY's last-stream-id promises (RFC 9113
+    6.8): with h2's rule that answer was a protocol error, and the probe an error."""
+
+    def _receive_goaway_frame(self, frame: Any) -> tuple[list[Any], list[h2.events.Event]]:
+        before = self.state_machine.state
+        frames, events = super()._receive_goaway_frame(frame)
+        if frame.error_code == 0:
+            self.state_machine.state = before
+        return frames, events
+
+
 @dataclass
 class _Stream:
     answer: asyncio.Future[Answer]
@@ -74,7 +90,7 @@ class H2Connection:
         self._reader = reader
         self._writer = writer
         self._authority = authority
-        self._h2 = h2.connection.H2Connection(
+        self._h2 = _Client(
             h2.config.H2Configuration(client_side=True, header_encoding=None))
         self._h2.initiate_connection()
         self._pings: dict[bytes, asyncio.Future[None]] = {}

@@ -9,8 +9,9 @@ What it copies (``../shared/notes/apiserver-shutdown.md``; Go's net/http and x/n
   connection gets GOAWAY(NO_ERROR) with the last stream it will answer, and what is in flight is
   still answered; each connection closes once it has nothing left; the process exits when none is
   left, or after ``--request-timeout``.
-* ``--goaway-chance p``: after an answer, with probability p, GOAWAY(NO_ERROR) on that connection
-  (the answer itself is delivered), which closes once idle.
+* ``--goaway-chance p``: with probability p, GOAWAY(NO_ERROR) on the connection of an answer, sent
+  before its HEADERS as Go does (the answer itself is delivered); the connection
+  closes once idle.
 * ``--idle-timeout``: a connection with no stream for that long gets GOAWAY and is closed (PINGs do
   not count as activity), as kube-apiserver's 90 s.
 * PINGs are answered by the protocol layer (python-hyper's h2), before any handler.
@@ -104,6 +105,10 @@ class Conn:
             await asyncio.sleep(answer)
             answer = (200, self.server.name.encode())
         status, body = answer
+        # --goaway-chance: Go marks the answer "Connection: close" and sends the GOAWAY before
+        # the answer's HEADERS (whose stream the GOAWAY's last-stream-id promises).
+        if self.server.rng.random() < self.server.goaway_chance:
+            self.goaway()
         try:
             self.h2.send_headers(sid, [(":status", str(status)),
                                        ("content-length", str(len(body)))])
@@ -112,8 +117,6 @@ class Conn:
             pass
         del self.streams[sid]
         self.last_active = time.monotonic()
-        if self.server.rng.random() < self.server.goaway_chance:
-            self.goaway()
         self.flush()
         if self.goaway_sent and not self.streams:
             self.writer.close()

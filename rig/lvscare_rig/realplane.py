@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -129,9 +130,11 @@ class ControlPlane:
                 "c = ssl.create_default_context(cafile=sys.argv[2])\n"
                 "h = http.client.HTTPSConnection(sys.argv[1], 6443, context=c, timeout=2)\n"
                 "h.request('GET', '/readyz'); print(h.getresponse().status)\n")
-        import sys
-        p = sh("ip", "netns", "exec", b.netns, sys.executable, "-c", code, b.ip4,
-               str(self.dir / "ca.crt"), check=False, timeout=10)
+        try:  # a busy test kernel may take a while to start the checking Python itself
+            p = sh("ip", "netns", "exec", b.netns, sys.executable, "-c", code, b.ip4,
+                   str(self.dir / "ca.crt"), check=False, timeout=30)
+        except subprocess.TimeoutExpired:
+            return False
         return p.stdout.strip() == "200"
 
     def wait_ready(self, *backends: Backend, timeout: float = 240) -> float:

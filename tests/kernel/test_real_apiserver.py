@@ -26,16 +26,39 @@ VIP = "10.103.97.2"
 CLAIM_WHOLE_MODULE = True  # one control plane for the module, in one kernel (lvscare_rig.claim)
 FAIL_OPEN = "all real servers down: keeping the last healthy ones (fail-open)"
 
-# New connections through the VIP, GET /version each, at a rate, for a time; JSON of the outcome.
+# Through the VIP for a time: new connections (GET /version each) at a rate, and 6 keep-alive
+# connections asking every 200 ms as long-lived clients do. A keep-alive connection the server
+# closes (EOF) is opened again and the GET asked again, as client-go does; a reset is counted.
 LOAD = """
-import json, ssl, sys, time, http.client
+import http.client, json, ssl, sys, threading, time
 rate, seconds = float(sys.argv[2]), float(sys.argv[3])
 ctx = ssl.create_default_context(cafile=sys.argv[1])
-ok, failed, end = 0, [], time.monotonic() + seconds
+ok, failed, resets, closed, end = 0, [], [], 0, time.monotonic() + seconds
+lock = threading.Lock()
+def conn():
+    return http.client.HTTPSConnection("10.103.97.2", 6443, context=ctx, timeout=5)
+def keep():
+    global closed
+    c = conn()
+    while time.monotonic() < end:
+        try:
+            c.request("GET", "/version"); c.getresponse().read()
+        except ConnectionResetError as exc:
+            with lock: resets.append(repr(exc)[:120])
+            c = conn()
+        except (http.client.RemoteDisconnected, BrokenPipeError, http.client.CannotSendRequest):
+            with lock: closed += 1
+            c.close(); c = conn()
+        except Exception as exc:
+            with lock: failed.append(f"keep-alive {exc!r}"[:160])
+            c.close(); c = conn()
+        time.sleep(0.2)
+threads = [threading.Thread(target=keep) for _ in range(6)]
+for t in threads: t.start()
 while time.monotonic() < end:
     t = time.monotonic()
     try:
-        c = http.client.HTTPSConnection("10.103.97.2", 6443, context=ctx, timeout=5)
+        c = conn()
         c.request("GET", "/version"); r = c.getresponse(); r.read(); c.close()
         if r.status != 200:
             raise OSError(f"HTTP {r.status}")
@@ -43,7 +66,8 @@ while time.monotonic() < end:
     except Exception as exc:
         failed.append(f"{time.monotonic() - end + seconds:.2f}s {exc!r}"[:160])
     time.sleep(max(0.0, 1 / rate - (time.monotonic() - t)))
-print(json.dumps({"ok": ok, "failed": failed}))
+for t in threads: t.join()
+print(json.dumps({"ok": ok, "failed": failed, "resets": resets, "closed": closed}))
 """
 
 
@@ -133,8 +157,11 @@ def test_a_graceful_shutdown_drains_the_departing_member_and_costs_nothing(plane
         out, _ = load.communicate(timeout=60)
         result = json.loads(out)
         print(f"\nSIGTERM, shutdown delay 5 s: {len(result['failed'])} of "
-              f"{result['ok'] + len(result['failed'])} new connections failed {result['failed']}")
+              f"{result['ok'] + len(result['failed'])} new connections failed {result['failed']}; "
+              f"keep-alive connections reset {len(result['resets'])}, closed by the server "
+              f"{result['closed']}")
         assert result["failed"] == [] and result["ok"] > 100
+        assert result["resets"] == []  # its clients were left to finish, not reset
         left = daemon.events("control-plane members left while serving: drained until their "
                              "connections end")
         assert [d["draining"] for d in left] == [[victim.address]]
