@@ -61,6 +61,8 @@ def units(items: list[pytest.Item], hints: dict[str, float]) -> list[tuple[str, 
             modules[key].append(item)
         else:
             out.append((item.nodeid, [item]))
+    for _, group in out:  # a claimed module runs in its file's order, whatever the durations
+        group.sort(key=lambda i: i.reportinfo()[1] or 0)
     typical = statistics.median(hints.values()) if hints else 0.0
     return sorted(out, key=lambda u: -sum(hints.get(i.nodeid, typical) for i in u[1]))
 

@@ -43,12 +43,12 @@ def keep():
     while time.monotonic() < end:
         try:
             c.request("GET", "/version"); c.getresponse().read()
-        except ConnectionResetError as exc:
-            with lock: resets.append(repr(exc)[:120])
-            c = conn()
         except (http.client.RemoteDisconnected, BrokenPipeError, http.client.CannotSendRequest):
             with lock: closed += 1
             c.close(); c = conn()
+        except ConnectionResetError as exc:
+            with lock: resets.append(repr(exc)[:120])
+            c = conn()
         except Exception as exc:
             with lock: failed.append(f"keep-alive {exc!r}"[:160])
             c.close(); c = conn()
@@ -259,7 +259,8 @@ def test_goaway_chance_for_minutes_ejects_no_one(plane: ControlPlane) -> None:
             time.sleep(1)
         after = [e for e in daemon.events()[settled:] if str(e["event"]).startswith("real server")]
         print(f"\nstate changes while GOAWAYs came: {after}")
-        assert after == []
+        # "Slow" (readiness late, PINGs answered) keeps a server in; a busy test kernel may say it.
+        assert [e for e in after if e["event"] in ("real server failing", "real server down")] == []
         counters = plane.lab.run("iptables-legacy", "-w", "5", "-L", "OUTPUT", "-v", "-n", "-x").stdout
         syns = sum(int(line.split()[0]) for line in counters.splitlines() if "dpt:6443" in line)
         print(f"\n150 s with --goaway-chance=0.02: {syns} probe connections opened to 3 apiservers")

@@ -200,8 +200,9 @@ def test_a_module_that_asks_is_claimed_as_one_unit_in_its_order() -> None:
     from types import SimpleNamespace
 
     whole, single = SimpleNamespace(CLAIM_WHOLE_MODULE=True), SimpleNamespace()
-    items = [SimpleNamespace(nodeid=n, module=m) for n, m in (
-        ("a.py::t1", single), ("real.py::t1", whole), ("b.py::t1", single), ("real.py::t2", whole))]
+    items = [SimpleNamespace(nodeid=n, module=m, reportinfo=lambda line=line: ("f", line, ""))
+             for n, m, line in (("a.py::t1", single, 1), ("real.py::t2", whole, 20),
+                                ("b.py::t1", single, 1), ("real.py::t1", whole, 10))]
     hints = {"a.py::t1": 50.0, "b.py::t1": 10.0, "real.py::t1": 30.0, "real.py::t2": 30.0}
     got = claim.units(items, hints)  # type: ignore[arg-type]
     assert [(key, [i.nodeid for i in group]) for key, group in got] == [
