@@ -13,8 +13,8 @@ namespaces it creates; backends have no route back to the VIP. Default settings 
 Backends are hypercorn speaking h2 as kube-apiserver does (so lvscare probes with HTTP/2 PINGs and
 /readyz, its default on such a server); BENCH_SERVER=stdlib gives the HTTP/1.1-only backends of the
 earlier figures; BENCH_SERVER=real three real kube-apiservers (1.20) and etcd
-(rig/lvscare_rig/realplane.py, built by scripts/control-plane): detection only (a killed one is
-restarted and waited for, ready, between trials).
+(rig/lvscare_rig/realplane.py, built by scripts/control-plane): a killed or blackholed one is
+restarted or released and waited for, ready, between trials; the keep-alive client asks /version.
 
 Usage: .venv/bin/python bench/failover.py [--trials 20] [--skip keepalived,...]
 Every trial counts: one that does not finish within its bound (detection 60 s, client recovery
@@ -221,7 +221,9 @@ class KeepAliveClient(threading.Thread):
             try:
                 if conn is None:
                     conn = http.client.HTTPSConnection(VIP, 6443, timeout=30, context=self.ctx)
-                conn.request("GET", "/")
+                # A stand-in answers / with its name; a real apiserver's answer does not say
+                # who it is (its backend is read from IPVS's connection table at the fault).
+                conn.request("GET", "/version" if _PLANE is not None else "/")
                 body = conn.getresponse().read().decode().strip()
                 # (sent, answered, backend): recovery counts requests sent after the fault.
                 # ok last: the measuring thread reads answered[k] and ports[k] for ok[k].
@@ -235,6 +237,20 @@ class KeepAliveClient(threading.Thread):
             time.sleep(max(0.0, 0.1 - (time.monotonic() - started)))
         if conn is not None:
             conn.close()
+
+
+def backend_of(lab: topology.Lab, port: int) -> topology.Backend | None:
+    """The backend of our VIP's established connection from local port ``port``, as IPVS
+    holds it (``ipvsadm -Lnc``: pro expire state source virtual destination)."""
+    out = subprocess.run(["ipvsadm", "-Lnc"], capture_output=True, text=True,
+                         check=False).stdout
+    by_address = {b.address: b for b in lab.backends}
+    for line in out.splitlines():
+        f = line.split()
+        if (len(f) == 6 and f[2] == "ESTABLISHED" and f[3].endswith(f":{port}")
+                and f[4] == f"{VIP}:6443"):
+            return by_address.get(f[5])
+    return None
 
 
 def client_recovery(lab: topology.Lab, table: Table, trials: int) -> Trials:
@@ -257,7 +273,11 @@ def client_recovery(lab: topology.Lab, table: Table, trials: int) -> Trials:
             if not client.ok or time.monotonic() - client.answered[-1] >= 1:
                 result.fail(i, "the client had no answer before the fault (10 s)")
                 continue
-            b = by_name[client.ok[-1][1]]  # the backend its connection is on
+            b = (backend_of(lab, client.ports[-1]) if _PLANE is not None
+                 else by_name[client.ok[-1][1]])  # the backend its connection is on
+            if b is None:
+                result.fail(i, f"no IPVS connection from port {client.ports[-1]}")
+                continue
             start = lab.blackhole(b)  # requests sent from now on cannot reach b
             deadline = start + result.bound
             recovered = None
@@ -283,6 +303,8 @@ def client_recovery(lab: topology.Lab, table: Table, trials: int) -> Trials:
                         if "nudge" in line or "delete real" in line or "cannot" in line:
                             print("     ", line[:300], flush=True)
             lab.blackhole(b, on=False)
+            if _PLANE is not None:
+                _PLANE.wait_ready(b)  # its etcd connection was cut too
     finally:
         client.stop.set()
         client.join(35)

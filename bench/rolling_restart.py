@@ -32,7 +32,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import datetime
 import itertools
+import json
 import os
 import shutil
 import signal
@@ -77,14 +79,20 @@ def get(path: str, timeout: float) -> None:
 class Counts:
     ok: int = 0
     failed: list[float] = field(default_factory=list)  # when (monotonic)
+    reasons: list[str] = field(default_factory=list)  # why, beside each of failed
     lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def add(self, ok: bool, at: float) -> None:
+    def add(self, ok: bool, at: float, reason: str = "") -> None:
         with self.lock:
             if ok:
                 self.ok += 1
             else:
                 self.failed.append(at)
+                self.reasons.append(reason)
+
+
+def why(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"[:120]
 
 
 class Clients:
@@ -105,8 +113,8 @@ class Clients:
             try:
                 get("/version", 2)
                 self.new.add(True, began)
-            except OSError:
-                self.new.add(False, began)
+            except OSError as exc:
+                self.new.add(False, began, why(exc))
             time.sleep(max(0.0, 0.05 - (time.monotonic() - began)))
 
     def _long(self) -> None:
@@ -114,8 +122,8 @@ class Clients:
             try:
                 get(LONG, 30)
                 self.long.add(True, began)
-            except OSError:
-                self.long.add(False, began)
+            except OSError as exc:
+                self.long.add(False, began, why(exc))
 
         while not self.stop.is_set():
             threading.Thread(target=one, args=(time.monotonic(),), daemon=True).start()
@@ -139,24 +147,25 @@ class Clients:
 
         while not self.stop.is_set():
             began = time.monotonic()
-            ok = False
+            ok, reason = False, ""
             for attempt in range(3):  # first try, the GOAWAY/GET retry, nothing more
                 try:
                     if conn is None or conn.is_closed:
                         conn = await connect()
                     _, fut = conn.request("GET", "/version")
                     answer = await asyncio.wait_for(fut, 5)
-                    ok = answer.status == 200
+                    ok, reason = answer.status == 200, f"status {answer.status}"
                     break
                 except ConnectionGone as exc:
-                    conn = None
+                    conn, reason = None, f"attempt {attempt + 1}: {why(exc)}"
                     if exc.graceful or attempt == 0:
                         continue  # unprocessed after a GOAWAY, or a GET cut: asked again
                     break
-                except (OSError, TimeoutError):
+                except (OSError, TimeoutError) as exc:
                     conn = None  # refused, or no answer: client-go returns it
+                    reason = f"attempt {attempt + 1}: {why(exc)}"
                     break
-            self.standing.add(ok, began)
+            self.standing.add(ok, began, reason)
             await asyncio.sleep(max(0.0, 0.1 - (time.monotonic() - began)))
         if conn is not None:
             conn.close()
@@ -221,7 +230,28 @@ def in_table(address: str) -> bool:
                if line.strip().startswith("->"))
 
 
-def run(kind: str, delay: float, real: bool) -> tuple[dict[str, int], list[dict[str, int]]]:
+def daemon_lines(lab: topology.Lab, at: float) -> list[str]:
+    """What lvscare logged from 5 s before a failure (monotonic ``at``) to 2 s after: its log
+    says each change of state once, so these are the few lines that explain one."""
+    logf = lab.workdir / "lvscare.log"
+    if not logf.exists():
+        return []
+    wall = time.time() - (time.monotonic() - at)
+    lines = []
+    for line in logf.read_text().splitlines():
+        try:
+            e = json.loads(line)
+            t = datetime.datetime.strptime(e["timestamp"], "%Y-%m-%dT%H:%M:%S.%fZ").replace(
+                tzinfo=datetime.UTC).timestamp()
+        except (ValueError, KeyError):
+            continue
+        if wall - 5 <= t <= wall + 2:
+            lines.append(f"  {t - wall:+.2f}s lvscare: {line[:220]}")
+    return lines
+
+
+def run(kind: str, delay: float, real: bool,
+        ) -> tuple[dict[str, int], list[dict[str, int]], list[str]]:
     global CLIENT_CERT, LONG
     from chaos import in_netns
 
@@ -279,12 +309,21 @@ def run(kind: str, delay: float, real: bool) -> tuple[dict[str, int], list[dict[
             per_restart.append({name: sum(start <= t < end for t in c.failed)
                                 for name, c in (("new", clients.new), ("long", clients.long),
                                                 ("standing", clients.standing))})
+        # Each failure with its reason, and when: restart n, seconds after its SIGTERM.
+        failures = []
+        for name, c in (("new", clients.new), ("long", clients.long),
+                        ("standing", clients.standing)):
+            for at, reason in zip(c.failed, c.reasons, strict=True):
+                n = sum(m <= at for m in marks[:-1])
+                when = f"restart {n}, {at - marks[n - 1]:+.1f}s" if n else "before the restarts"
+                failures.append(f"{name} ({when}): {reason}")
+                failures += daemon_lines(lab, at)
         totals = {"new": len(clients.new.failed), "new_of": clients.new.ok + len(clients.new.failed),
                   "long": len(clients.long.failed),
                   "long_of": clients.long.ok + len(clients.long.failed),
                   "standing": len(clients.standing.failed),
                   "standing_of": clients.standing.ok + len(clients.standing.failed)}
-        return totals, per_restart
+        return totals, per_restart, failures
     finally:
         if balancer is not None:
             balancer.send_signal(signal.SIGTERM)
@@ -302,12 +341,14 @@ def inside(delays: list[float], skip: set[str], real: bool) -> int:
             print(f"  {kind}: skipped" + ("" if kind in skip else f" (apt-get install {kind})"))
             continue
         for delay in delays:
-            totals, per = run(kind, delay, real)
+            totals, per, failures = run(kind, delay, real)
             print(f"  {kind:10} delay {delay:>4g}s: new connections failed {totals['new']} of "
                   f"{totals['new_of']}, long requests cut {totals['long']} of {totals['long_of']}, "
                   f"standing client failed {totals['standing']} of {totals['standing_of']}; "
                   "per restart " + "; ".join(f"{p['new']}/{p['long']}/{p['standing']}"
                                             for p in per), flush=True)
+            for line in failures:
+                print(f"    {line}", flush=True)
     return 0
 
 
