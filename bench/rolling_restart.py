@@ -284,7 +284,9 @@ def run(kind: str, delay: float, real: bool,
             clients.start()
             time.sleep(3)
             marks = [time.monotonic()]
+            sigterms: list[float] = []
             for b in lab.backends:
+                sigterms.append(time.monotonic())
                 if plane is not None:
                     plane.stop(b, signal.SIGTERM)
                     plane.start(b)
@@ -314,8 +316,10 @@ def run(kind: str, delay: float, real: bool,
         for name, c in (("new", clients.new), ("long", clients.long),
                         ("standing", clients.standing)):
             for at, reason in zip(c.failed, c.reasons, strict=True):
-                n = sum(m <= at for m in marks[:-1])
-                when = f"restart {n}, {at - marks[n - 1]:+.1f}s" if n else "before the restarts"
+                # Counted in the restart whose window it began in; told against the nearest
+                # SIGTERM (a request begun just before one is that one's).
+                n = min(range(len(sigterms)), key=lambda k: abs(at - sigterms[k]))
+                when = f"began {at - sigterms[n]:+.2f}s from restart {n + 1}'s SIGTERM"
                 failures.append(f"{name} ({when}): {reason}")
                 failures += daemon_lines(lab, at)
         totals = {"new": len(clients.new.failed), "new_of": clients.new.ok + len(clients.new.failed),
