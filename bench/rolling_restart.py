@@ -25,7 +25,8 @@ Balancers: lvscare (defaults, route mode); keepalived as the Kubernetes HA guide
 (SSL_GET /healthz, delay_loop 5: bench/failover.py); haproxy with kubespray's settings (mode tcp,
 leastconn, httpchk GET /healthz every 15 s, rise 2 fall 2, redispatch, retries 5), bound to the VIP.
 Printed per balancer and delay: failed new connections, cut long requests and standing-client
-failures, in all and per restart.
+failures, in all and per restart; then each failure with its reason, its time from the nearest
+SIGTERM, and lvscare's log lines from 5 s before it to 2 s after.
 """
 
 from __future__ import annotations
