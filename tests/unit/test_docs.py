@@ -216,7 +216,7 @@ FOREIGN_FLAGS = {
     "--ipvs-exclude-cidrs", "--kube-proxy-arg",  # kube-proxy, k3s
     "--mount", "--print-join-command",  # Dockerfile RUN, kubeadm token create
     "--repeat", "--max-children", "--skip",  # bench/installer.py, scripts/mutation, bench/failover.py
-    "--trials", "--real", "--delays",  # bench/failover.py, bench/rolling_restart.py
+    "--trials", "--real",  # bench/failover.py, bench/rolling_restart.py
     "--variant", "--include",  # debootstrap
     "--flag", "--int",  # a placeholder; an abbreviation quoted as refused
     "--patches", "--shutdown-delay-duration", "--request-timeout",  # kubeadm, kube-apiserver
