@@ -27,31 +27,40 @@ CLAIM_WHOLE_MODULE = True  # one control plane for the module, in one kernel (lv
 FAIL_OPEN = "all real servers down: keeping the last healthy ones (fail-open)"
 
 # Through the VIP for a time: new connections (GET /version each) at a rate, and 6 keep-alive
-# connections asking every 200 ms as long-lived clients do. A keep-alive connection the server
-# closes (EOF) is opened again and the GET asked again, as client-go does; a reset is counted.
+# connections asking every 200 ms as long-lived clients do. A keep-alive connection that has
+# answered and that the server then closes (EOF, with or without TLS close_notify: Go's server
+# closes idle connections at shutdown, and a request may cross that close) is opened again and the
+# GET asked again, as client-go does for an idempotent request on a reused connection; the same
+# on a connection that never answered is a failure, and a reset is counted apart.
 LOAD = """
 import http.client, json, ssl, sys, threading, time
 rate, seconds = float(sys.argv[2]), float(sys.argv[3])
 ctx = ssl.create_default_context(cafile=sys.argv[1])
 ok, failed, resets, closed, end = 0, [], [], 0, time.monotonic() + seconds
 lock = threading.Lock()
+EOF = (http.client.RemoteDisconnected, BrokenPipeError, http.client.CannotSendRequest,
+       ssl.SSLEOFError, ssl.SSLZeroReturnError)
 def conn():
     return http.client.HTTPSConnection("10.103.97.2", 6443, context=ctx, timeout=5)
 def keep():
     global closed
-    c = conn()
+    c, answered = conn(), 0
     while time.monotonic() < end:
         try:
             c.request("GET", "/version"); c.getresponse().read()
-        except (http.client.RemoteDisconnected, BrokenPipeError, http.client.CannotSendRequest):
-            with lock: closed += 1
-            c.close(); c = conn()
+            answered += 1
+        except EOF as exc:
+            if answered:
+                with lock: closed += 1
+            else:
+                with lock: failed.append(f"keep-alive, first request {exc!r}"[:160])
+            c.close(); c, answered = conn(), 0
         except ConnectionResetError as exc:
             with lock: resets.append(repr(exc)[:120])
-            c = conn()
+            c, answered = conn(), 0
         except Exception as exc:
             with lock: failed.append(f"keep-alive {exc!r}"[:160])
-            c.close(); c = conn()
+            c.close(); c, answered = conn(), 0
         time.sleep(0.2)
 threads = [threading.Thread(target=keep) for _ in range(6)]
 for t in threads: t.start()
@@ -105,16 +114,24 @@ def everyone(cp: ControlPlane) -> dict[str, int]:
 
 
 def test_one_seed_finds_the_others_in_the_real_endpoints_without_fail_open(plane: ControlPlane) -> None:
-    """From one seed, through the VIP, with the Node authorizer: every apiserver found and in the
-    table, and the seed never taken out on the way (the start-up sequence of the issue: members
-    published one at a time must not leave the virtual server on fail-open)."""
+    """From one seed, through the VIP, with the Node authorizer, started as soon as the apiservers
+    are ready: every apiserver found and in the table, never on fail-open on the way, and the
+    seed never cut. The lease reconciler publishes members one at a time at start, and the
+    Endpoints may leave out the seed for a few seconds after every apiserver is ready (seen here:
+    two of three listed for 6 s): the seed is then drained like any member that leaves while
+    serving, weight 0 with its clients left alone, and back once it is listed again."""
     daemon = care(plane).start(wait_for=[plane.lab.backends[0].address])
     try:
         wait(lambda: weights(plane.lab) == everyone(plane), 30, daemon)
+        changes = daemon.events("control-plane members changed")
+        print("\nthe Endpoints as lvscare read them: " + "; ".join(
+            f"{e['members']} (added {e['added']}, removed {e['removed']})" for e in changes))
         assert daemon.events(FAIL_OPEN) == []
-        # Every change added; the seed, a member all along, was never removed.
-        removed = [r for e in daemon.events("control-plane members changed") for r in e["removed"]]
-        assert removed == []
+        drained = {a for e in daemon.events("control-plane members left while serving: drained until "
+                                            "their connections end") for a in e["draining"]}
+        removed = {r for e in changes for r in e["removed"]}
+        assert removed <= drained  # a member that left was drained first, never cut
+        assert daemon.events("clients nudged") == []
     finally:
         daemon.stop()
 
