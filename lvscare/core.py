@@ -56,6 +56,10 @@ class Transition:
 
     def event(self) -> Event:
         r = self.result
+        if self.new.departed:
+            return Event("control-plane member that left stopped answering: out, its clients reset",
+                         "warning", {"vs": str(self.key[0]), "rs": str(self.key[1]),
+                                     "probe": r.outcome.value, "reason": r.detail or None})
         if not self.state_changed:  # only slowness changed; the state says whether it serves
             return Event("real server slow: kept, it answers PINGs" if self.new.slow else
                          "real server answers readiness in time again",
@@ -169,7 +173,8 @@ class Core:
             return None  # removed by a reload while the probe ran
         new = step(old, result, now, vs.health.rise, vs.health.fall)
         self.health[key] = new
-        changed = new.state is not old.state or new.slow is not old.slow
+        changed = (new.state is not old.state or new.slow is not old.slow
+                   or (new.departed and new.dead and not old.dead))
         return Transition(key, old, new, result) if changed else None
 
     def desired(self, now: float) -> tuple[Table, list[Event]]:
@@ -229,9 +234,10 @@ class Core:
                 for ep, d in state.dests.items()}
 
     def deletions(self, want: Table) -> list[RsKey]:
-        """Real servers in the kernel, as last read, that ``want`` takes out: their clients are
-        to be found before the reconcile deletes them."""
+        """Real servers in the kernel, as last read, that ``want`` takes out and whose clients
+        are to be reset: found before the reconcile deletes them."""
         out = []
+        active = self._active()
         for key, state in want.items():
             # What was read before the last write, and what that write added: a real server
             # re-added and killed within one interval is in the second only.
@@ -239,8 +245,20 @@ class Core:
             for table in (self._observed, self._expected):
                 if key in table:
                     have |= set(table[key].dests)
-            out += [(key.endpoint, ep) for ep in sorted(have) if ep not in state.dests]
+            out += [(key.endpoint, ep) for ep in sorted(have) if ep not in state.dests
+                    and self._resets_clients((key.endpoint, ep), active)]
         return out
+
+    def _resets_clients(self, key: RsKey, active: Mapping[RsKey, int]) -> bool:
+        """A graceful drain (a shutdown, a member that left) that ends because the kernel counts
+        none of its connections established leaves only connections being closed, by a server
+        whose kernel answers for them: a reset could only cut a last answer still being read.
+        Every other removal resets its clients: a death, a sick server's drain, a drain past
+        its bound."""
+        h = self.health.get(key)
+        if h is None or h.dead or not h.shutdown:
+            return True
+        return bool(active.get(key))
 
     def _planned(self, op: Op) -> bool:
         """True if ``op`` follows from a change of desired state since the last reconcile."""

@@ -118,18 +118,24 @@ def departed(h: Health, now: float) -> Health:
     as a graceful shutdown's."""
     if h.departed:
         return h
-    return Health(State.DOWN, since=now, drain_since=now, last=h.last, shutdown=True, departed=True,
-                  failures=h.failures)
+    return Health(State.DOWN, since=now, drain_since=now, last=h.last, shutdown=True, departed=True)
 
 
 def step(h: Health, result: ProbeResult, now: float, rise: int, fall: int) -> Health:
     """The health after one probe result."""
     if h.departed:
-        # No longer a member: a death ends its drain early (its clients reset); no answer
-        # brings it back. A member again is a new real server (Core.rejoin).
-        if result.outcome.dead:
-            return replace(h, dead=True, shutdown=False, last=result)
-        return replace(h, last=result)
+        # No longer a member: no answer brings it back; a member again is a new real server
+        # (Core.rejoin). Its drain ends early, with its clients reset, only when it is silent
+        # for ``fall`` probes in a row, as a serving one goes: a busy node's single late answer
+        # must not cut what it serves. A refusal or a reset is no death here: it comes from the
+        # server's own kernel, which closes the connections of a process that is gone, and
+        # kube-apiserver closes its listener at the end of its shutdown delay and goes on
+        # answering what is in flight (a probe that missed its goodbye sees only the refusal).
+        if not result.outcome.dead or result.outcome in (Outcome.REFUSED, Outcome.RESET):
+            return replace(h, failures=0, last=result)
+        if h.failures + 1 >= fall:
+            return replace(h, dead=True, shutdown=False, failures=h.failures + 1, last=result)
+        return replace(h, failures=h.failures + 1, last=result)
     if result.outcome is Outcome.SLOW:
         if h.state in (State.HEALTHY, State.FAILING):
             return replace(h, state=State.HEALTHY, failures=0, drain_since=None, dead=False,

@@ -177,6 +177,8 @@ def test_a_graceful_shutdown_drains_the_departing_member_and_costs_nothing(plane
               f"{result['ok'] + len(result['failed'])} new connections failed {result['failed']}; "
               f"keep-alive connections reset {len(result['resets'])}, closed by the server "
               f"{result['closed']}")
+        print("what lvscare said of it:\n" + "\n".join(
+            json.dumps(e) for e in daemon.events() if victim.address in json.dumps(e)))
         assert result["failed"] == [] and result["ok"] > 100
         assert result["resets"] == []  # its clients were left to finish, not reset
         left = daemon.events("control-plane members left while serving: drained until their "

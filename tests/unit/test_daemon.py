@@ -579,9 +579,36 @@ def test_a_member_that_leaves_and_dies_while_draining_is_cut_at_once(tmp_path: A
         r.fake.ipvs.active[RS1] = 4
         fetch.answers["server"] = (200, endpoints("10.0.0.2", "10.0.0.3"))
         await r.until(lambda: r.fake.ipvs.weights() == {RS1: 0, RS2: 1, RS3: 1}, 4)
-        r.fake.prober.set_fault(ep(RS1), "timeout")  # dead before its connections ended
+        r.fake.prober.set_fault(ep(RS1), "timeout")  # silent before its connections ended
         await r.until(lambda: r.fake.ipvs.weights() == {RS2: 1, RS3: 1}, 5)
         assert r.fake.client_reset.resets == [(f"{VIP}:6443", RS1)]
+        (out,) = r.events("control-plane member that left stopped answering: out, its clients reset")
+        assert out["rs"] == RS1 and out["probe"] == "timeout"
+
+    play(drive, cfg, discovery=_discovery(tmp_path, fetch, cfg))
+
+
+def test_a_member_that_leaves_and_stops_listening_is_still_drained(tmp_path: Any) -> None:
+    """kube-apiserver closes its listener at the end of its shutdown delay and still answers what
+    is in flight; a probe that missed its goodbye sees only a refusal. The connections the kernel
+    counts are left to finish, not reset; it goes when they have."""
+    from .test_discovery import FakeFetch, endpoints
+
+    fetch = FakeFetch()
+    fetch.answers["server"] = (200, endpoints("10.0.0.1", "10.0.0.2", "10.0.0.3"))
+    cfg = config(rs=[RS1, RS2, RS3], discover_interval="2s", state_dir=str(tmp_path / "state"))
+
+    async def drive(r: Run) -> None:
+        await r.until(lambda: r.fake.ipvs.weights() == ALL, 5)
+        r.fake.ipvs.active[RS1] = 2
+        fetch.answers["server"] = (200, endpoints("10.0.0.2", "10.0.0.3"))
+        await r.until(lambda: r.fake.ipvs.weights() == {RS1: 0, RS2: 1, RS3: 1}, 4)
+        r.fake.prober.set_fault(ep(RS1), "refused")
+        await r.hold(lambda: r.fake.ipvs.weights() == {RS1: 0, RS2: 1, RS3: 1}, 4)
+        assert r.fake.client_reset.resets == []
+        r.fake.ipvs.active[RS1] = 0
+        await r.until(lambda: r.fake.ipvs.weights() == {RS2: 1, RS3: 1}, 3)
+        assert r.fake.client_reset.resets == []
 
     play(drive, cfg, discovery=_discovery(tmp_path, fetch, cfg))
 

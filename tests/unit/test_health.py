@@ -259,3 +259,24 @@ def test_adopted_at_weight_0_stays_at_0_until_a_probe_says() -> None:
     h = initial(5.0, True, draining=True)
     assert kernel_weight(h, 1, 500.0, 10.0, active=0) == 0
     assert kernel_weight(step(h, ProbeResult(Outcome.SHUTDOWN), 6.0, 2, 2), 1, 6.0, 10.0, 0) is None
+
+
+def test_a_departed_member_ends_its_drain_only_when_silent_fall_times_in_a_row() -> None:
+    """A member that left while serving drains until the kernel counts none of its connections;
+    only silence (``fall`` unanswered probes in a row) ends that early, with its clients reset.
+    A refusal or a reset comes from its own kernel (a closed listener at the end of a shutdown
+    delay, or a process gone whose connections that kernel closes); a single late answer from a
+    busy node is not a death."""
+    from lvscare.health import departed
+
+    h = departed(initial(100.0), 100.0)
+    weight = lambda h: kernel_weight(h, 1, 200.0, 5.0, active=3)  # noqa: E731
+    assert weight(h) == 0
+    reset = ProbeResult(Outcome.RESET)
+    for results in ([REFUSED] * 5, [reset] * 5, [TIMEOUT, OK, TIMEOUT, REFUSED, TIMEOUT]):
+        after = run(h, results, fall=2)
+        assert not after.dead and weight(after) == 0, results
+    after = run(h, [OK, TIMEOUT, TIMEOUT], fall=2)
+    assert after.dead and weight(after) is None
+    assert not run(h, [OK] * 5).serving  # no answer brings it back
+    assert kernel_weight(run(h, [REFUSED]), 1, 200.0, 5.0, active=0) is None  # its connections ended
