@@ -539,10 +539,12 @@ def test_discovered_members_become_the_real_servers_and_a_broken_answer_changes_
     assert saved["members"] == [RS2, RS3]
 
 
-def test_a_member_that_leaves_while_serving_is_drained_not_cut(tmp_path: Any) -> None:
-    """kube-apiserver leaves the Endpoints at SIGTERM and serves through its shutdown delay: its
-    real server goes to weight 0 at once, its clients are not reset, and it is deleted when the
-    kernel counts none of its connections established. Back in the members, it is probed anew."""
+DRAINED = {RS1: 0, RS2: 1, RS3: 1}
+
+
+def _leaves_while_serving(tmp_path: Any, then: Callable[[Run, Any], Awaitable[None]]) -> None:
+    """Three members serving; RS1, with connections in the kernel, leaves the Endpoints and is
+    drained (weight 0); then ``then(run, fetch)``."""
     from .test_discovery import FakeFetch, endpoints
 
     fetch = FakeFetch()
@@ -553,9 +555,21 @@ def test_a_member_that_leaves_while_serving_is_drained_not_cut(tmp_path: Any) ->
         await r.until(lambda: r.fake.ipvs.weights() == ALL, 5)
         r.fake.ipvs.active[RS1] = 4
         fetch.answers["server"] = (200, endpoints("10.0.0.2", "10.0.0.3"))
-        await r.until(lambda: r.fake.ipvs.weights() == {RS1: 0, RS2: 1, RS3: 1}, 4)
+        await r.until(lambda: r.fake.ipvs.weights() == DRAINED, 4)
+        await then(r, fetch)
+
+    play(drive, cfg, discovery=_discovery(tmp_path, fetch, cfg))
+
+
+def test_a_member_that_leaves_while_serving_is_drained_not_cut(tmp_path: Any) -> None:
+    """kube-apiserver leaves the Endpoints at SIGTERM and serves through its shutdown delay: its
+    real server goes to weight 0 at once, its clients are not reset, and it is deleted when the
+    kernel counts none of its connections established. Back in the members, it is probed anew."""
+    from .test_discovery import endpoints
+
+    async def then(r: Run, fetch: Any) -> None:
         # Held at weight 0 through discovery rounds and probes that still answer.
-        await r.hold(lambda: r.fake.ipvs.weights() == {RS1: 0, RS2: 1, RS3: 1}, 6)
+        await r.hold(lambda: r.fake.ipvs.weights() == DRAINED, 6)
         assert r.fake.client_reset.resets == []
         r.fake.ipvs.active[RS1] = 0
         await r.until(lambda: r.fake.ipvs.weights() == {RS2: 1, RS3: 1}, 3)
@@ -564,53 +578,33 @@ def test_a_member_that_leaves_while_serving_is_drained_not_cut(tmp_path: Any) ->
         fetch.answers["server"] = (200, endpoints("10.0.0.1", "10.0.0.2", "10.0.0.3"))
         await r.until(lambda: r.fake.ipvs.weights() == ALL, 5)
 
-    play(drive, cfg, discovery=_discovery(tmp_path, fetch, cfg))
+    _leaves_while_serving(tmp_path, then)
 
 
 def test_a_member_that_leaves_and_dies_while_draining_is_cut_at_once(tmp_path: Any) -> None:
-    from .test_discovery import FakeFetch, endpoints
-
-    fetch = FakeFetch()
-    fetch.answers["server"] = (200, endpoints("10.0.0.1", "10.0.0.2", "10.0.0.3"))
-    cfg = config(rs=[RS1, RS2, RS3], discover_interval="2s", state_dir=str(tmp_path / "state"))
-
-    async def drive(r: Run) -> None:
-        await r.until(lambda: r.fake.ipvs.weights() == ALL, 5)
-        r.fake.ipvs.active[RS1] = 4
-        fetch.answers["server"] = (200, endpoints("10.0.0.2", "10.0.0.3"))
-        await r.until(lambda: r.fake.ipvs.weights() == {RS1: 0, RS2: 1, RS3: 1}, 4)
+    async def then(r: Run, fetch: Any) -> None:
         r.fake.prober.set_fault(ep(RS1), "timeout")  # silent before its connections ended
         await r.until(lambda: r.fake.ipvs.weights() == {RS2: 1, RS3: 1}, 5)
         assert r.fake.client_reset.resets == [(f"{VIP}:6443", RS1)]
         (out,) = r.events("control-plane member that left stopped answering: out, its clients reset")
         assert out["rs"] == RS1 and out["probe"] == "timeout"
 
-    play(drive, cfg, discovery=_discovery(tmp_path, fetch, cfg))
+    _leaves_while_serving(tmp_path, then)
 
 
 def test_a_member_that_leaves_and_stops_listening_is_still_drained(tmp_path: Any) -> None:
     """kube-apiserver closes its listener at the end of its shutdown delay and still answers what
     is in flight; a probe that missed its goodbye sees only a refusal. The connections the kernel
     counts are left to finish, not reset; it goes when they have."""
-    from .test_discovery import FakeFetch, endpoints
-
-    fetch = FakeFetch()
-    fetch.answers["server"] = (200, endpoints("10.0.0.1", "10.0.0.2", "10.0.0.3"))
-    cfg = config(rs=[RS1, RS2, RS3], discover_interval="2s", state_dir=str(tmp_path / "state"))
-
-    async def drive(r: Run) -> None:
-        await r.until(lambda: r.fake.ipvs.weights() == ALL, 5)
-        r.fake.ipvs.active[RS1] = 2
-        fetch.answers["server"] = (200, endpoints("10.0.0.2", "10.0.0.3"))
-        await r.until(lambda: r.fake.ipvs.weights() == {RS1: 0, RS2: 1, RS3: 1}, 4)
+    async def then(r: Run, fetch: Any) -> None:
         r.fake.prober.set_fault(ep(RS1), "refused")
-        await r.hold(lambda: r.fake.ipvs.weights() == {RS1: 0, RS2: 1, RS3: 1}, 4)
+        await r.hold(lambda: r.fake.ipvs.weights() == DRAINED, 4)
         assert r.fake.client_reset.resets == []
         r.fake.ipvs.active[RS1] = 0
         await r.until(lambda: r.fake.ipvs.weights() == {RS2: 1, RS3: 1}, 3)
         assert r.fake.client_reset.resets == []
 
-    play(drive, cfg, discovery=_discovery(tmp_path, fetch, cfg))
+    _leaves_while_serving(tmp_path, then)
 
 
 def test_a_state_file_of_this_cluster_is_used_before_the_first_answer(tmp_path: Any) -> None:

@@ -13,6 +13,7 @@ from lvscare.health import (
     ProbeResult,
     State,
     decide,
+    departed,
     initial,
     kernel_weight,
     step,
@@ -267,10 +268,10 @@ def test_a_departed_member_ends_its_drain_only_when_silent_fall_times_in_a_row()
     A refusal or a reset comes from its own kernel (a closed listener at the end of a shutdown
     delay, or a process gone whose connections that kernel closes); a single late answer from a
     busy node is not a death."""
-    from lvscare.health import departed
-
     h = departed(initial(100.0), 100.0)
-    weight = lambda h: kernel_weight(h, 1, 200.0, 5.0, active=3)  # noqa: E731
+    def weight(h: Health) -> int | None:
+        return kernel_weight(h, 1, 200.0, 5.0, active=3)
+
     assert weight(h) == 0
     reset = ProbeResult(Outcome.RESET)
     for results in ([REFUSED] * 5, [reset] * 5, [TIMEOUT, OK, TIMEOUT, REFUSED, TIMEOUT]):
