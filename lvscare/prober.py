@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import ssl
+import sys
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -137,6 +138,13 @@ class _H2:
 
 
 # What a probe's state belongs to: the real server and the health check it is probed with. Two
+# aiohttp's clean-up of closed TLS connections aborts each one's transport again later. Python
+# 3.11.0-3.11.2 (Debian 12's, the image's) fails that second abort with an AttributeError inside
+# asyncio (fixed in 3.11.3: the transport's protocol is already gone), which breaks the session's
+# close at shutdown, reload and in the periodic clean-up. There the clean-up stays off: asyncio's
+# own TLS shutdown timeout still ends such a connection.
+_SSL_ABORT_IS_SAFE = sys.version_info >= (3, 11, 3)
+
 # virtual servers with different checks of one apiserver (path, CA) never mix their settings.
 Target = tuple[Endpoint, HealthCheck]
 
@@ -192,7 +200,8 @@ class Prober:
         if self._session is not None:
             return self._session
         connector = aiohttp.TCPConnector(limit=0, limit_per_host=1, keepalive_timeout=30,
-                                         enable_cleanup_closed=True, use_dns_cache=False)
+                                         enable_cleanup_closed=_SSL_ABORT_IS_SAFE,
+                                         use_dns_cache=False)
         self._session = aiohttp.ClientSession(
             connector=connector, timeout=aiohttp.ClientTimeout(total=30),
             auto_decompress=False, skip_auto_headers=("User-Agent",),

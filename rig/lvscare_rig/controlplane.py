@@ -28,6 +28,8 @@ import sys
 import time
 from pathlib import Path
 
+from lvscare_rig import tools
+
 MIRROR = os.environ.get("LVSCARE_DEBIAN_MIRROR", "http://deb.debian.org/debian")
 KUBERNETES = ("bookworm", "kubernetes", "1.20.5+really1.20.2-1.1+deb12u1")
 KUBERNETES_VERSION = "v1.20.2"  # what the tree is, for `kube-apiserver --version`
@@ -99,8 +101,7 @@ def build() -> tuple[Path, float]:
         if (out / ".lvscare-complete").exists():
             return out, 0.0
         for tool in ("apt-get", "dpkg-source", "dpkg-deb", "rsync", "make"):
-            if shutil.which(tool) is None:
-                raise RuntimeError(f"{tool} is not installed (scripts/setup installs what this needs)")
+            tools.need(tool)
         start = time.monotonic()
         work = base / "work"
         shutil.rmtree(work, ignore_errors=True)
@@ -141,11 +142,12 @@ def build() -> tuple[Path, float]:
         return out, took
 
 
-def main() -> int:
+def main(quiet: bool = False) -> int:
     path, took = build()
     how = f"built in {took:.0f} s" if took else "cached"
     print(f"control plane: {path} ({how})", file=sys.stderr)
-    print(path)
+    if not quiet:
+        print(path)
     return 0
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
 import threading
@@ -25,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lvscare_rig import testkernel
+from lvscare_rig import controlplane, noderoots, testkernel, tools
 
 # Each kernel's memory: the real control plane (etcd and three kube-apiservers of about 330 MB
 # each, test_real_apiserver.py) runs in one; the host lends it only what is touched.
@@ -36,7 +37,46 @@ TESTS = "tests/kernel"
 # this machine's own last figures (testkernel.cache_dir()).
 COMMITTED_HINTS = ROOT / "tests" / "kernel" / "durations.json"
 SLOWEST = 12
-PYTEST = ["-m", "pytest", "-p", "no:cacheprovider", "--color=no", "-q"]
+PYTEST = ["-m", "pytest", "-p", "no:cacheprovider", "--color=no", "-q", "-p", "lvscare_rig.tiers"]
+
+
+@dataclass
+class Selection:
+    tests: list[str]
+    needs: list[str]
+
+
+def targets(args: Sequence[str]) -> list[str]:
+    """``tests/kernel``, unless the arguments name test files or ids themselves."""
+    named = [a for a in args if not a.startswith("-") and (ROOT / a.split("::")[0]).exists()]
+    return [] if named else [TESTS]
+
+
+def select(args: Sequence[str]) -> Selection | str:
+    """The tests ``args`` select and what they need built, collected on the host (a few seconds);
+    or pytest's own words when the selection is wrong (a bad -k, a missing path)."""
+    with tempfile.TemporaryDirectory(prefix="lvscare-select-") as tmp:
+        out = Path(tmp) / "selection.json"
+        proc = subprocess.run([sys.executable, *PYTEST, "--collect-only", f"--lvscare-needs={out}",
+                               *targets(args), *args], cwd=ROOT, capture_output=True, text=True, check=False)
+        if proc.returncode not in (0, 5) or not out.exists():
+            return (proc.stdout + proc.stderr).strip()
+        data = json.loads(out.read_text())
+    return Selection(tests=list(data["tests"]), needs=list(data["needs"]))
+
+
+def build(needs: Sequence[str]) -> None:
+    """Build on the host, where Debian's archive is reachable, what the selected tests need; each
+    is cached (a second run takes a second)."""
+    for need in needs:
+        if need == "node-roots":
+            noderoots.main()
+        elif need == "control-plane":
+            controlplane.main(quiet=True)
+        elif need == "image":
+            # The image from this very checkout: the pod tests check the archive's source digest.
+            subprocess.run([str(ROOT / "scripts" / "image")], cwd=ROOT, check=True,
+                           env={**os.environ, "PYTHON": sys.executable})
 
 
 def kernels_wanted() -> int:
@@ -126,8 +166,8 @@ def run_parallel(args: Sequence[str], kernels: int) -> int:
                "LVSCARE_SUITE_HINTS": str(hints)}
         with (suite / f"{name}.log").open("wb") as log:
             try:
-                rc = testkernel.boot([sys.executable, *PYTEST, "-p", "lvscare_rig.claim", TESTS,
-                                      *args], cwd=str(ROOT), env=env, shared=[suite],
+                rc = testkernel.boot([sys.executable, *PYTEST, "-p", "lvscare_rig.claim",
+                                      *targets(args), *args], cwd=str(ROOT), env=env, shared=[suite],
                                      stdout=log.fileno(), timeout=3600, mem=MEM)
             except testkernel.TestKernelMissing as exc:
                 log.write(f"error: {exc}\n".encode())
@@ -176,13 +216,30 @@ def _save_hints(run: Run) -> None:
 
 
 def run_single(args: Sequence[str]) -> int:
-    return testkernel.boot([sys.executable, *PYTEST, "--durations=12", TESTS, *args],
+    return testkernel.boot([sys.executable, *PYTEST, "--durations=12", *targets(args), *args],
                            cwd=str(ROOT), timeout=3600, mem=MEM)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     kernels = kernels_wanted()
+    # Every program the suite runs, before anything is built or booted: a missing one is one line
+    # naming its package, never a traceback in the fourth test.
+    if tools.preflight() != 0:
+        return 2
+    selection = select(args)
+    if isinstance(selection, str):
+        print(selection, file=sys.stderr)
+        return 2
+    if not selection.tests:
+        print("kernel: no test selected", file=sys.stderr)
+        return 5
+    try:
+        build(selection.needs)
+    except (RuntimeError, subprocess.CalledProcessError) as exc:
+        print(f"error: building what the tests need failed: {exc}", file=sys.stderr)
+        return 1
+    kernels = min(kernels, len(selection.tests))
     try:
         if kernels == 1 or "-s" in args or "--capture=no" in args:
             return run_single(args)

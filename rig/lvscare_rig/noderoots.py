@@ -18,6 +18,8 @@ import sys
 import time
 from pathlib import Path
 
+from lvscare_rig import tools
+
 RELEASES = {"bullseye": "3.9", "trixie": "3.13"}  # release: its python3
 MIRROR = os.environ.get("LVSCARE_DEBIAN_MIRROR", "http://deb.debian.org/debian")
 PACKAGES = "python3,openssh-server"
@@ -45,8 +47,7 @@ def build(release: str) -> tuple[Path, float]:
         fcntl.flock(lock, fcntl.LOCK_EX)  # two test runs at once build it once
         if (path / ".lvscare-complete").exists():
             return path, 0.0
-        if shutil.which("debootstrap") is None:
-            raise RuntimeError("debootstrap is not installed (apt-get install debootstrap)")
+        tools.need("debootstrap")
         tmp = base / f"{release}.partial"
         shutil.rmtree(tmp, ignore_errors=True)
         shutil.rmtree(path, ignore_errors=True)  # without its marker: half-built before a crash

@@ -46,6 +46,8 @@ from typing import Any
 
 import yaml
 
+from lvscare_rig import tools
+
 REPO = Path(__file__).resolve().parents[2]
 ARCHIVE = Path(os.environ.get("LVSCARE_IMAGE_OUT", REPO / "build" / "image")) / "lvscare.oci.tar"
 STATE = Path("/run/lvscare-pods")
@@ -120,6 +122,10 @@ def prepare_kernel() -> None:
 
 class Podman:
     def __init__(self) -> None:
+        # podman fails a pod late, and vaguely, for a helper it cannot find (no catatonit: "building
+        # local pause image"): say which package is missing before anything starts.
+        for tool in ("podman", "catatonit", "crun", "skopeo", "bpftool", "nsenter"):
+            tools.need(tool)
         prepare_kernel()
         conf = STATE / "conf"
         (conf / "containers.conf").write_text(CONTAINERS_CONF.format(state=STATE))

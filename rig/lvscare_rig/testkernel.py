@@ -63,8 +63,32 @@ poweroff -f >/dev/null 2>&1
 """
 
 
+# What the init script mounts over the host's tree (tmpfs, or the kernel's own file systems).
+_SHADOWED = ("/run", "/var/tmp")
+_UNUSABLE = ("/proc", "/sys", "/dev")
+_CHECKOUT = Path(__file__).resolve().parents[2]
+
+
 class TestKernelMissing(RuntimeError):
     pass
+
+
+def _under(path: str, tops: Sequence[str]) -> bool:
+    return any(path == t or path.startswith(t + "/") for t in tops)
+
+
+def kept_paths(paths: Sequence[str]) -> list[str]:
+    """The host directories among ``paths`` that the guest's tmpfs on /run or /var/tmp would hide,
+    outermost only: each is mounted again at its own path, so that a checkout (its virtualenv, the
+    current directory) works from anywhere. A path the guest cannot show at all is refused."""
+    kept: list[str] = []
+    for path in sorted({os.path.normpath(p) for p in paths}):
+        if _under(path, _UNUSABLE):
+            raise TestKernelMissing(f"{path}: the test kernel mounts its own /proc, /sys and /dev "
+                                    "over the host's, which hides it: use a checkout elsewhere")
+        if _under(path, _SHADOWED) and not any(_under(path, [k]) for k in kept):
+            kept.append(path)
+    return kept
 
 
 def available() -> bool:
@@ -148,8 +172,13 @@ def boot(
         bindir = str(Path(sys.executable).parent)
         path = f"{bindir}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
         exports = "\n".join(f"export {k}={shlex.quote(v)}" for k, v in (env or {}).items())
-        mounts = "\n".join(f"mount -t hostfs none {shlex.quote(str(d))} -o {shlex.quote(str(d))}"
-                           for d in [out, *shared])
+        here = cwd or os.getcwd()
+        keep = kept_paths([here, str(_CHECKOUT), sys.prefix, bindir])
+        mounts = "\n".join(
+            [f"mkdir -p {shlex.quote(d)} && mount -r -t hostfs none {shlex.quote(d)} -o {shlex.quote(d)}"
+             for d in keep]
+            + [f"mkdir -p {shlex.quote(str(d))}; mount -t hostfs none {shlex.quote(str(d))} "
+               f"-o {shlex.quote(str(d))}" for d in [out, *shared]])
         script = _INIT.format(
             path=path,
             exports=exports,
@@ -158,7 +187,7 @@ def boot(
             out=shlex.quote(str(out)),
             preload=" ".join(PRELOAD),
             marker=_MARKER.decode(),
-            cwd=shlex.quote(cwd or os.getcwd()),
+            cwd=shlex.quote(here),
             command=" ".join(shlex.quote(c) for c in command) + " 2>&1",
         )
         init = out / "init.sh"

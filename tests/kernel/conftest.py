@@ -8,12 +8,19 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from lvscare_rig import topology
+from lvscare_rig import tools, topology
 
 
 def _kernel_has_ipvs() -> bool:
     subprocess.run(["modprobe", "ip_vs"], capture_output=True, check=False)
     return Path("/proc/net/ip_vs").exists() or Path("/proc/sys/net/ipv4/vs").exists()
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _listed_tools_only() -> Iterator[None]:
+    """A program the tests or the rig run must be listed, with its package (lvscare_rig.tools)."""
+    with tools.guard():
+        yield
 
 
 @pytest.fixture(autouse=True, scope="session")

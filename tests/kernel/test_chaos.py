@@ -8,10 +8,13 @@ import importlib.util
 import sys
 from pathlib import Path
 
+import pytest
+
 CHAOS = Path(__file__).resolve().parents[2] / "bench" / "chaos.py"
 SEED = 20261204
 
 
+@pytest.mark.smoke(quick=False)
 def test_a_minute_of_chaos_breaks_no_invariant() -> None:
     spec = importlib.util.spec_from_file_location("chaos", CHAOS)
     assert spec is not None and spec.loader is not None

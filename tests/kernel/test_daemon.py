@@ -159,6 +159,7 @@ def test_sighup_moves_the_vip_to_the_new_interface_and_node_address(lab: Lab) ->
         care.stop()
 
 
+@pytest.mark.smoke
 def test_killed_backend_is_deleted_and_readded(lab: Lab, care: Care) -> None:
     care.start()
     b = lab.backends[2]

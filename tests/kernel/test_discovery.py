@@ -74,6 +74,7 @@ def test_members_follow_the_endpoints_and_a_broken_answer_changes_nothing(cluste
         daemon.stop()
 
 
+@pytest.mark.smoke
 def test_an_unreachable_server_is_bypassed_through_the_members(cluster: Cluster) -> None:
     """The kubeconfig names a balancer that is down (here: a closed port on the node itself);
     a membership change is still found by asking a member directly, its certificate checked

@@ -7,6 +7,7 @@ netlink, ``care/iptables.go`` through Kubernetes' iptables and ipset helpers).""
 
 from __future__ import annotations
 
+import pytest
 from lvscare_rig.topology import Lab
 
 from .helpers import Care, log_events
@@ -110,6 +111,7 @@ GO_LINK_REMOVED = {
 }
 
 
+@pytest.mark.smoke
 def test_run_once_removes_the_go_route_and_link_mode_objects_and_nothing_else(lab: Lab) -> None:
     foreign(lab)
     before = state(lab)

@@ -105,6 +105,7 @@ def test_a_failing_readyz_drains_then_deletes_while_pings_answer(h2lab: Lab) -> 
         care.stop()
 
 
+@pytest.mark.smoke
 def test_a_killed_h2_server_leaves_at_once(h2lab: Lab) -> None:
     lab = h2lab
     care = Care(lab).start()

@@ -116,6 +116,7 @@ def test_join_programs_the_node_then_rerun_changes_nothing_then_clean_undoes_it(
     assert not node.file("bin/lvscare").exists()
 
 
+@pytest.mark.smoke
 def test_the_rules_before_join_follow_the_pods_options(lab2: SshLab) -> None:
     """``--options=--mode=link``: the node's --run-once (before join) must create link-mode
     rules, as the static pod after join will, not route-mode ones."""

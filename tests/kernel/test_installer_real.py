@@ -19,6 +19,8 @@ from lvscare_rig.realplane import ControlPlane
 from lvscare_rig.sshnodes import SshLab
 from lvscare_rig.topology import Backend, Lab
 
+pytestmark = pytest.mark.needs("control-plane")
+
 KUBE_PROXY = """apiVersion: kubeproxy.config.k8s.io/v1alpha1
 kind: KubeProxyConfiguration
 mode: ipvs
@@ -52,6 +54,7 @@ def master_with_apiserver() -> Iterator[tuple[SshLab, ControlPlane]]:
         lab2.close()
 
 
+@pytest.mark.smoke(quick=False)
 def test_the_cluster_check_reads_the_real_apiserver_flags_and_kube_proxy_configmap(
         master_with_apiserver: tuple[SshLab, ControlPlane]) -> None:
     lab2, cp = master_with_apiserver

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import sys
 
+import pytest
 from lvscare_rig.topology import Lab
 
 FORGET_MANY = """
@@ -21,6 +22,7 @@ print("forgot", len(flows))
 """
 
 
+@pytest.mark.smoke
 def test_forgetting_the_most_clients_at_once_does_not_overflow_the_netlink_socket(
         lab: Lab) -> None:
     """The client reset forgets up to 4,096 conntrack entries at once (clientreset.MAX_CLIENTS).

@@ -15,6 +15,8 @@ import yaml
 from lvscare_rig import noderoots, sshnodes
 from lvscare_rig.sshnodes import HOSTS, SshLab
 
+pytestmark = pytest.mark.needs("node-roots")
+
 VS_LINE = "TCP  10.103.97.2:6443 rr"
 
 
@@ -42,6 +44,7 @@ def distro(request: pytest.FixtureRequest) -> Iterator[tuple[str, Path, SshLab]]
         lab.close()
 
 
+@pytest.mark.smoke(quick=False)
 def test_join_and_clean_a_node_of_each_distribution(distro: tuple[str, Path, SshLab]) -> None:
     release, root, lab = distro
     assert node_python(lab, root) == noderoots.RELEASES[release]

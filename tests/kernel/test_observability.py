@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 from lvscare_rig.topology import Lab
 
 from .helpers import Care, wait
@@ -48,6 +49,7 @@ def promtool_check(text: str) -> None:
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
+@pytest.mark.smoke
 def test_metrics_follow_a_failover(lab: Lab) -> None:
     care = Care(lab, "--metrics-address", ADDR).start()
     try:

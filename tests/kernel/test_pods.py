@@ -20,6 +20,8 @@ from lvscare_rig.topology import Lab
 
 from .helpers import wait, weights
 
+pytestmark = pytest.mark.needs("image")
+
 REPO = Path(__file__).resolve().parents[2]
 VIP = "10.103.97.2:6443"
 # /proc/<pid>/status of the daemon, by what its securityContext asks.
@@ -171,6 +173,7 @@ def test_the_image_runs_under_the_manifest(lab_pods: Lab, podman: pods.Podman, w
     check_recreated_while_dead(lab, podman, manifest, play)
 
 
+@pytest.mark.smoke(quick=False)
 def test_the_kubelets_order_init_to_completion_then_the_daemon(lab_pods: Lab, podman: pods.Podman) -> None:
     """The static pod as a kubelet starts it: the init container alone, to completion, then the
     daemon. Its rules are in place, with every real server, before the daemon exists."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from lvscare_rig.topology import Lab
 
 from .helpers import ipvsadm_stats, ipvsadm_table, log_events, netlink_table
@@ -32,6 +33,7 @@ def test_run_once_creates_exactly_the_table(lab: Lab) -> None:
     }
 
 
+@pytest.mark.smoke
 def test_route_mode_serves_requests_through_the_vip(lab: Lab) -> None:
     run_once(lab)
     route = lab.run("ip", "route", "show", "table", "local", f"{VIP}/32", "proto", "76").stdout

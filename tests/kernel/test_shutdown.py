@@ -54,6 +54,7 @@ def sigterm(backend: Backend) -> None:
     backend.proc.send_signal(signal.SIGTERM)
 
 
+@pytest.mark.smoke
 def test_an_apiserver_that_stops_listening_lets_its_requests_finish(lab0: Lab) -> None:
     """SIGTERM with no shutdown delay: the listener closes at once and the connections get a
     GOAWAY, while the requests in flight are still served. They all finish; the real server is

@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 
 import pytest
+from lvscare_rig import tools
 
 from lvscare.prober import Prober
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _listed_tools_only() -> Iterator[None]:
+    """A program the tests run must be listed, with its package (lvscare_rig.tools)."""
+    with tools.guard():
+        yield
 
 
 @pytest.fixture

@@ -7,8 +7,10 @@ import errno
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -207,3 +209,50 @@ def test_a_module_that_asks_is_claimed_as_one_unit_in_its_order() -> None:
     got = claim.units(items, hints)  # type: ignore[arg-type]
     assert [(key, [i.nodeid for i in group]) for key, group in got] == [
         ("real.py", ["real.py::t1", "real.py::t2"]), ("a.py::t1", ["a.py::t1"]), ("b.py::t1", ["b.py::t1"])]
+
+
+@pytest.mark.parametrize("top", ["/var/tmp", "/run"])
+def test_a_checkout_under_a_path_the_kernel_mounts_over_is_still_there(top: str, tmp_path: Path) -> None:
+    """The test kernel mounts tmpfs on /var/tmp and /run; a checkout there (its current directory,
+    its virtualenv) is mounted again at its own path instead of vanishing."""
+    checkout = Path(tempfile.mkdtemp(prefix="lvscare-checkout-", dir=top))
+    try:
+        (checkout / "marker").write_text("the checkout\n")
+        out = tmp_path / "out"
+        with out.open("wb") as f:
+            rc = testkernel.boot(["sh", "-c", "cat marker && pwd"], cwd=str(checkout), stdout=f.fileno())
+        assert rc == 0, out.read_text()
+        assert out.read_text().splitlines() == ["the checkout", str(checkout)]
+    finally:
+        shutil.rmtree(checkout)
+
+
+def test_a_checkout_the_kernel_cannot_show_is_refused_in_one_line_naming_it() -> None:
+    assert testkernel.kept_paths(["/work/x", "/var/tmp/a", "/var/tmp/a/.venv", "/run/b"]) == [
+        "/run/b", "/var/tmp/a"]
+    with pytest.raises(testkernel.TestKernelMissing) as exc:
+        testkernel.boot(["true"], cwd="/dev/shm/checkout")
+    assert "/dev/shm/checkout" in str(exc.value) and "\n" not in str(exc.value)
+
+
+def test_a_selection_is_collected_on_the_host_with_only_what_it_needs_built() -> None:
+    one = kernelsuite.select(["tests/kernel/test_real_apiserver.py"])
+    assert not isinstance(one, str), one
+    assert one.needs == ["control-plane"]
+    assert one.tests and all(t.startswith("tests/kernel/test_real_apiserver.py::") for t in one.tests)
+    wrong = kernelsuite.select(["--no-such-option"])
+    assert isinstance(wrong, str) and "unrecognized arguments" in wrong
+
+
+def test_every_kernel_module_has_one_smoke_test_and_the_quick_ones_need_nothing_built() -> None:
+    modules = sorted(str(p.relative_to(kernelsuite.ROOT))
+                     for p in (kernelsuite.ROOT / "tests" / "kernel").glob("test_*.py"))
+    smoke = kernelsuite.select(["-m", "smoke"])
+    assert not isinstance(smoke, str), smoke
+    # One test function per module (a parametrized one counts once).
+    functions = {t.split("[")[0] for t in smoke.tests}
+    assert sorted(f.split("::")[0] for f in functions) == modules
+    assert smoke.needs == ["node-roots", "control-plane", "image"]
+    quick = kernelsuite.select(["--quick"])
+    assert not isinstance(quick, str), quick
+    assert quick.needs == [] and set(quick.tests) < set(smoke.tests) and len(quick.tests) >= 8
