@@ -86,6 +86,7 @@ class Daemon:
         self._probes: dict[RsKey, asyncio.Task[None]] = {}
         self._iptables_checked: float | None = None  # None: never (check at the first reconcile)
         self._access_ready: set[str] = set()  # VIPs whose access was in place once since (re)load
+        self._access_open = False  # a reload's new access may fail to open: reconciles try again
         self._sysctls: dict[str, str | None] = {}
         self._sysctls_read: float | None = None
         self._sysctls_failing = False
@@ -132,6 +133,7 @@ class Daemon:
             await world.ipvs.open()
             try:
                 await self.access.open()
+                self._access_open = True
                 await self.access.remove_go_leftovers(self.cfg.virtual_servers)
                 self._ensure_sysctls()
                 await world.prober.start()
@@ -245,7 +247,8 @@ class Daemon:
         fixed = [name for name, attr in (("discoverFrom", "discover_from"),
                                          ("discoverInterval", "discover_interval"),
                                          ("stateDir", "state_dir"))
-                 if getattr(new, attr) != getattr(self.cfg, attr)]
+                 if getattr(new, attr) != getattr(self.cfg, attr)
+                 and (self._discovery is not None or new.discover_from)]  # only discovery reads them
         if fixed:
             log.error("reload refused, keeping the running configuration: these settings apply "
                       "at start only; restart lvscare to change them", settings=fixed)
@@ -258,6 +261,16 @@ class Daemon:
         self._seeds = seeds
         diff = self.core.reload(new, self._now())
         await self._stop_probes()
+        try:
+            await self._apply_reload(old, old_access, new, diff)
+        finally:
+            # Whatever failed on the way, the daemon is never left without probes.
+            self._retain_probe_state()
+            self._start_probes()
+        self._log([diff.event()])
+
+    async def _apply_reload(self, old: Config, old_access: VipAccess, new: Config,
+                            diff: ReloadDiff) -> None:
         for key in diff.removed:
             self.metrics.forget(key)
         # What the old configuration created and the new one does not want goes with the old
@@ -273,7 +286,12 @@ class Daemon:
             log.error("reload: cannot remove what the old configuration created", error=str(exc))
         old_access.close()
         self.access = self.world.access(new)
-        await self.access.open()
+        self._access_open = False
+        try:
+            await self.access.open()
+            self._access_open = True
+        except (KernelError, OSError) as exc:  # EMFILE, ENOBUFS: every reconcile tries again
+            log.error("reload: cannot open the VIP access; reconciles try again", error=str(exc))
         self._ensure_sysctls()
         if (new.log_level, new.log_format) != (old.log_level, old.log_format):
             logsetup.configure(new.log_level, new.log_format)
@@ -286,9 +304,6 @@ class Daemon:
                     log.error("reload: metrics not served", error=str(exc))
         self._iptables_checked = None
         self._access_ready.clear()
-        self._retain_probe_state()
-        self._start_probes()
-        self._log([diff.event()])
 
     async def _remove_old(self, old_access: VipAccess | None = None) -> None:
         """Remove the rules and VIP objects of virtual servers an earlier configuration had and
@@ -339,7 +354,7 @@ class Daemon:
         result = await discovery.poll(known)
         if result.members is not None:
             self._apply_members(result.members, result.via)
-            discovery.save_state(result.members)
+            await discovery.remember(result.members)
             self.core.discovery_last_success = discovery.last_success
             self._wake.set()  # publish the new snapshot
 
@@ -518,6 +533,9 @@ class Daemon:
 
     async def _ensure_access(self, now: float) -> None:
         """The VIP's route, address and link every reconcile; the iptables rule less often."""
+        if not self._access_open:
+            await self.access.open()
+            self._access_open = True
         iptables = self._iptables_checked is None or now - self._iptables_checked >= IPTABLES_EVERY
         failures: list[Exception] = []
         for vs in self.cfg.virtual_servers:

@@ -111,6 +111,9 @@ async def fetch(kc: KubeConfig, address: Endpoint | None, timeout: float) -> tup
     return await asyncio.wait_for(in_daemon_thread(_get, kc, address, timeout), timeout * 3)
 
 
+Offload = Callable[[Callable[[State], None], State], Awaitable[None]]
+
+
 @dataclass(frozen=True)
 class Poll:
     members: tuple[Endpoint, ...] | None  # None: keep what there is
@@ -126,18 +129,21 @@ def state_path(state_dir: str, cfg: Config) -> str:
 
 class Discovery:
     def __init__(self, kube: KubeConfig, cfg: Config, fetch: Fetch = fetch,
-                 rng: random.Random | None = None, wall: Callable[[], float] = time.time) -> None:
+                 rng: random.Random | None = None, wall: Callable[[], float] = time.time,
+                 offload: Offload = in_daemon_thread) -> None:
         self.kube = kube
         self.interval = cfg.discover_interval
         self.path = state_path(cfg.state_dir, cfg)
         self._fetch = fetch
         self._rng = rng or random.Random()
         self._wall = wall
+        self._offload = offload  # where blocking file I/O runs: never the event loop
         self._episode: str | None = None  # the reason of the current run of failures
         self._failures_in_a_row = 0
         self._identity: str | None = None
         self.failures: dict[str, int] = {}
         self.last_success: float | None = None  # wall clock
+        self._saved: tuple[Endpoint, ...] | None = None  # what the state file holds
 
     def identity(self) -> str:
         if self._identity is None:
@@ -174,26 +180,50 @@ class Discovery:
             return None
         log.info("members from the discovery state file", path=self.path,
                  members=[str(m) for m in state.members], read_at=state.read_at)
+        self._saved = state.members
         return state.members
 
-    def save_state(self, members: Sequence[Endpoint]) -> None:
-        tmp = f"{self.path}.tmp"
+    def save_state(self, members: Sequence[Endpoint]) -> bool:
+        """Write the state file now (in the caller's thread); False, counted and logged once,
+        when it cannot be written."""
         try:
             # The CA file may be unreadable right now (being rotated): no file this round.
-            state = State(self.identity(), self.kube.server, self._wall(), tuple(members))
-            os.makedirs(os.path.dirname(self.path), exist_ok=True)
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(encode_state(state))
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, self.path)
+            self._write_state(State(self.identity(), self.kube.server, self._wall(), tuple(members)))
         except (OSError, UserError) as exc:
-            self._count("state")
-            if self._episode != "state":
-                log.warning("discovery state file not written; discovery goes on", path=self.path,
-                            error=getattr(exc, "strerror", None) or str(exc))
-            self._episode = "state"
+            self._state_failed(exc)
+            return False
+        return True
+
+    async def remember(self, members: Sequence[Endpoint]) -> None:
+        """The state file follows the members: written when they change, never from the event
+        loop (its fsync may take as long as a slow disk wants, and every probe would wait)."""
+        members = tuple(members)
+        if members == self._saved:
+            return
+        try:
+            state = State(self.identity(), self.kube.server, self._wall(), members)
+            await self._offload(self._write_state, state)
+        except (OSError, UserError) as exc:
+            self._state_failed(exc)
+            return
+        self._saved = members
+
+    def _write_state(self, state: State) -> None:
+        tmp = f"{self.path}.tmp"
+        os.makedirs(os.path.dirname(self.path), exist_ok=True)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(encode_state(state))
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, self.path)
+
+    def _state_failed(self, exc: OSError | UserError) -> None:
+        self._count("state")
+        if self._episode != "state":
+            log.warning("discovery state file not written; discovery goes on", path=self.path,
+                        error=getattr(exc, "strerror", None) or str(exc))
+        self._episode = "state"
 
     # -- polling ---------------------------------------------------------------------------------
 

@@ -24,11 +24,15 @@ import contextlib
 import errno
 import socket
 import struct
+import time
 from collections.abc import Iterable
 
 from lvscare.config import Endpoint
 
 SLOTS = 4  # names per virtual server: the first, and where to go when squatters hold it
+# How long a holder may take from bind() to listen(): system calls apart, so this is generous
+# even on a loaded node.
+BIND_TO_LISTEN = 0.1
 CAP_NET_ADMIN = 12
 
 
@@ -47,6 +51,19 @@ def _holder(name: str) -> tuple[int, int] | None:
         pid, uid, _ = struct.unpack("3i", s.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
                                                         struct.calcsize("3i")))
     return pid, uid
+
+
+def _listening_holder(name: str) -> tuple[int, int] | None:
+    """``_holder``, looking again for a moment when nothing listens yet: a real lvscare binds the
+    name, then listens a few system calls later, and one seen in between is no squatter (both
+    would then hold a lock on the same virtual server). Only a name that is bound and not
+    listening costs the wait, at start or at a reload."""
+    holder = _holder(name)
+    deadline = time.monotonic() + BIND_TO_LISTEN
+    while holder is None and time.monotonic() < deadline:
+        time.sleep(0.005)
+        holder = _holder(name)
+    return holder
 
 
 def _may_manage_ipvs(pid: int, uid: int) -> bool:
@@ -83,7 +100,7 @@ class NodeLock:
                 sock.close()
                 if exc.errno != errno.EADDRINUSE:
                     raise
-                holder = _holder(lock_name(vs, slot))
+                holder = _listening_holder(lock_name(vs, slot))
                 if holder is not None and _may_manage_ipvs(*holder):
                     if mine is not None:
                         self._close(mine)

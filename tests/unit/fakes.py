@@ -164,18 +164,25 @@ class FakeNode:
     removes: list[tuple[str, str]] = field(default_factory=list)  # (vip, iface)
     open_accesses: int = 0
     failing: set[str] = field(default_factory=set)  # VIPs whose ensure fails, as a netlink error
+    open_error: OSError | None = None  # what opening an access raises (EMFILE), if anything
 
 
 class FakeAccess:
     def __init__(self, node: FakeNode, iface: str, node_ip: IPAddress | None) -> None:
         self.node, self.iface, self.node_ip = node, iface, node_ip
+        self.opened = False
 
     async def open(self) -> FakeAccess:
+        if self.node.open_error is not None:
+            raise self.node.open_error
         self.node.open_accesses += 1
+        self.opened = True
         return self
 
     def close(self) -> None:
-        self.node.open_accesses -= 1
+        if self.opened:
+            self.node.open_accesses -= 1
+        self.opened = False
 
     async def ensure(self, vs: VirtualServer, *, iptables: bool = True) -> bool:
         vip = str(vs.endpoint.ip)

@@ -22,6 +22,7 @@ from lvscare.config import Config
 from lvscare.daemon import IPTABLES_EVERY, Daemon
 from lvscare.discovery import Discovery
 from lvscare.errors import UserError
+from lvscare.members import State
 from lvscare.plan import DelDest, op_key
 from lvscare.web import healthz, status
 
@@ -494,7 +495,10 @@ def _discovery(tmp_path: Any, fetch: Any, cfg: Config) -> Discovery:
 
     kc = kubeconfig.load(write_kubeconfig(tmp_path / "kubelet.conf", {
         "server": "https://10.103.97.2:6443", "insecure-skip-tls-verify": True}, {}))
-    return Discovery(kc, cfg, fetch, rng=random.Random(3), wall=lambda: WALL0)
+    async def inline(write: Callable[[State], None], state: State) -> None:
+        write(state)  # a thread's real time would let the virtual clock run ahead meanwhile
+
+    return Discovery(kc, cfg, fetch, rng=random.Random(3), wall=lambda: WALL0, offload=inline)
 
 
 def test_discovered_members_become_the_real_servers_and_a_broken_answer_changes_nothing(

@@ -195,9 +195,51 @@ def test_a_socket_error_during_a_reload_does_not_end_the_daemon() -> None:
     play(drive, cfg=two, reload=lambda: one)
 
 
+def test_a_reload_whose_vip_access_cannot_open_keeps_probing_and_reconciles_open_it() -> None:
+    """The new access fails to open (EMFILE) after the probes were stopped for the reload: the
+    probes run again at once (a server killed then is still taken out), /healthz says the
+    reconciles fail, and the first reconcile after the error clears opens the access."""
+
+    async def drive(r: Run) -> None:
+        def code() -> int:
+            return healthz(r.daemon.snapshot, WALL0 + r.now)[0]
+
+        await r.until(lambda: r.fake.ipvs.weights() == ALL and code() == 200, 2)
+        r.fake.node.open_error = OSError(errno.EMFILE, "Too many open files")
+        r.daemon.request_reload()
+        await r.until(lambda: r.events("reload: cannot open the VIP access; reconciles try again"), 2)
+        assert r.events("reloaded")
+        r.fake.prober.kill(ep(RS2))
+        await r.until(lambda: RS2 not in r.fake.ipvs.weights(), 5)
+        await r.until(lambda: code() == 503, 60)
+        r.fake.node.open_error = None
+        await r.until(lambda: code() == 200 and r.fake.node.open_accesses == 1, 60)
+
+    play(drive, reload=lambda: config())
+
+
+def test_a_reload_that_changes_the_state_dir_without_discovery_is_applied(tmp_path: Path) -> None:
+    changed = config(rs=[RS1, RS2], state_dir=str(tmp_path))
+
+    async def drive(r: Run) -> None:
+        await r.until(lambda: r.fake.ipvs.weights() == ALL, 2)
+        r.daemon.request_reload()
+        await r.until(lambda: r.events("reloaded"), 2)
+        await r.until(lambda: r.fake.ipvs.weights() == {RS1: 1, RS2: 1}, 5)
+        assert not r.events("reload refused, keeping the running configuration: these settings "
+                            "apply at start only; restart lvscare to change them")
+
+    play(drive, reload=lambda: changed)
+
+
 def test_a_reload_that_changes_discovery_is_refused_whole(tmp_path: Path) -> None:
-    running = config(discover_interval="30s")
-    changed = config(rs=[RS1, RS2], discover_interval="5s", state_dir=str(tmp_path))
+    from .test_daemon import _discovery
+    from .test_discovery import FakeFetch, endpoints
+
+    fetch = FakeFetch()
+    fetch.answers["server"] = (200, endpoints("10.0.0.1", "10.0.0.2", "10.0.0.3"))
+    running = config(discover_interval="30s", state_dir=str(tmp_path / "a"))
+    changed = config(rs=[RS1, RS2], discover_interval="5s", state_dir=str(tmp_path / "b"))
 
     async def drive(r: Run) -> None:
         await r.until(lambda: r.fake.ipvs.weights() == ALL, 2)
@@ -209,7 +251,7 @@ def test_a_reload_that_changes_discovery_is_refused_whole(tmp_path: Path) -> Non
         await r.hold(lambda: r.fake.ipvs.weights() == ALL, 3)  # RS3 stays: nothing applied
         assert not r.events("reloaded")
 
-    play(drive, cfg=running, reload=lambda: changed)
+    play(drive, cfg=running, reload=lambda: changed, discovery=_discovery(tmp_path, fetch, running))
 
 
 # -- graceful shutdowns (issue 23) ----------------------------------------------------------------

@@ -11,6 +11,8 @@ import json
 import random
 import ssl
 import subprocess
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -325,6 +327,44 @@ def test_an_unwritable_state_dir_is_counted_and_discovery_goes_on(
         d.save_state((ep("10.0.0.1:6443"),))
         d.save_state((ep("10.0.0.1:6443"),))
     assert len(logs) == 1 and d.failures == {"state": 2}
+
+
+def test_the_state_file_follows_the_members_and_is_written_off_the_event_loop(
+        tmp_path: Path, pki: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Written when the members change, not every round; and in a thread of its own, so that a
+    disk that takes its time over the fsync stalls no probe (they share the event loop)."""
+    d = discovery(tmp_path, FakeFetch(), pki)
+    writes: list[tuple[str, str]] = []
+    real_write = d._write_state
+
+    def slow_write(state: State) -> None:
+        time.sleep(0.3)  # a slow disk's fsync
+        writes.append((threading.current_thread().name, ",".join(map(str, state.members))))
+        real_write(state)
+
+    monkeypatch.setattr(d, "_write_state", slow_write)
+    one, two = (ep("10.0.0.1:6443"),), (ep("10.0.0.1:6443"), ep("10.0.0.7:6443"))
+
+    async def rounds() -> int:
+        ticks = 0
+
+        async def ticker() -> None:
+            nonlocal ticks
+            while True:
+                await asyncio.sleep(0.01)
+                ticks += 1
+
+        task = asyncio.create_task(ticker())
+        for members in (one, one, two, two, one):
+            await d.remember(members)
+        task.cancel()
+        return ticks
+
+    ticks = asyncio.run(rounds())
+    assert [m for _, m in writes] == ["10.0.0.1:6443", "10.0.0.1:6443,10.0.0.7:6443", "10.0.0.1:6443"]
+    assert all(name == "lvscare-discovery" for name, _ in writes)
+    assert ticks >= 45  # the loop kept running through 0.9 s of writes (10 ms ticks)
+    assert [str(m) for m in d.load_state() or ()] == ["10.0.0.1:6443"]
 
 
 def test_ipv6_members_address(tmp_path: Path) -> None:

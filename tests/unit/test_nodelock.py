@@ -105,3 +105,25 @@ def test_a_holder_on_a_loop_answers_any_number_of_contenders() -> None:
             holder.release()
 
     asyncio.run(main())
+
+
+def test_a_holder_seen_between_its_bind_and_its_listen_still_counts() -> None:
+    """A contender that looks in the few system calls between the holder's bind() and listen()
+    must not take it for a squatter that does not listen: both would hold a lock on A."""
+    import socket
+    import threading
+
+    from lvscare.nodelock import lock_name
+
+    holder = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    holder.bind("\0" + lock_name(A))  # what NodeLock does first …
+    listening = threading.Timer(0.02, holder.listen, args=(64,))  # … and a moment later
+    listening.start()
+    contender = NodeLock()
+    try:
+        assert not contender.acquire([A])
+        assert contender.ignored == []
+    finally:
+        listening.join()
+        contender.release()
+        holder.close()
