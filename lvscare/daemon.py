@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING
 from lvscare import log as logsetup
 from lvscare.care import reconcile, reconcile_observed, remove_all
 from lvscare.config import Config, Endpoint, RsKey, VirtualServer
-from lvscare.core import Core, Event
+from lvscare.core import Core, Event, Reload
 from lvscare.effects import VipAccess, World
 from lvscare.errors import KernelError, RuntimeFailure, UserError
 from lvscare.health import ProbeResult, State
@@ -270,7 +270,7 @@ class Daemon:
         self._log([diff.event()])
 
     async def _apply_reload(self, old: Config, old_access: VipAccess, new: Config,
-                            diff: ReloadDiff) -> None:
+                            diff: Reload) -> None:
         for key in diff.removed:
             self.metrics.forget(key)
         # What the old configuration created and the new one does not want goes with the old

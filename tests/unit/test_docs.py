@@ -224,6 +224,7 @@ FOREIGN_FLAGS = {
     "--build-arg", "--net", "--start",  # buildah/docker build, nsenter, podman kube play
     "--authorization-mode", "--endpoint-reconciler-type", "--shutdown-send-retry-after",
     "--shutdown-watch-termination-grace-period",  # kube-apiserver
+    "--quick",  # scripts/test and scripts/kernel-test (lvscare_rig.tiers' pytest option)
 }
 
 
