@@ -277,7 +277,7 @@ def test_an_unreachable_kubeconfig_server_is_bypassed_through_the_real_members(p
 def test_goaway_chance_ejects_no_one_over_hundreds_of_readiness_answers(plane: ControlPlane) -> None:
     """Every apiserver restarted with --goaway-chance=0.02 (the most it allows): any HTTP/2 answer,
     readiness included, may end its connection with a GOAWAY. Over 450 readiness answers (3
-    apiservers, every 200 ms for 30 s: the count of 150 s at one a second, at five times the rate),
+    apiservers, every 100 ms for 15 s: the count of 150 s at one a second, at ten times the rate),
     no real server leaves the table and none changes state; the probes' new TCP connections,
     counted by the node's firewall, show the GOAWAYs happened. Last in the module: the apiservers
     keep the flag."""
@@ -289,13 +289,13 @@ def test_goaway_chance_ejects_no_one_over_hundreds_of_readiness_answers(plane: C
     for b in plane.lab.backends:
         plane.lab.run("iptables-legacy", "-w", "5", "-I", "OUTPUT", "-p", "tcp", "--syn", "-d", b.ip4,
                       "--dport", "6443", "-j", "ACCEPT")
-    daemon = care(plane, "--readiness-interval", "200ms").start(
+    daemon = care(plane, "--readiness-interval", "100ms").start(
         wait_for=[b.address for b in plane.lab.backends])
     try:
         wait(lambda: weights(plane.lab) == everyone(plane), 30, daemon)
         time.sleep(3)  # the discovered members' own rise is logged
         settled = len(daemon.events())
-        end = time.monotonic() + 30
+        end = time.monotonic() + 15
         while time.monotonic() < end:
             assert weights(plane.lab) == everyone(plane)
             time.sleep(0.5)
@@ -305,7 +305,7 @@ def test_goaway_chance_ejects_no_one_over_hundreds_of_readiness_answers(plane: C
         assert [e for e in after if e["event"] in ("real server failing", "real server down")] == []
         counters = plane.lab.run("iptables-legacy", "-w", "5", "-L", "OUTPUT", "-v", "-n", "-x").stdout
         syns = sum(int(line.split()[0]) for line in counters.splitlines() if "dpt:6443" in line)
-        print(f"\n30 s of readiness every 200 ms with --goaway-chance=0.02: {syns} probe connections "
+        print(f"\n15 s of readiness every 100 ms with --goaway-chance=0.02: {syns} probe connections "
               "opened to 3 apiservers")
         assert syns > 3 + 2  # a connection each, and GOAWAYs that made the probes reconnect
     finally:
