@@ -44,6 +44,7 @@ PYTEST = ["-m", "pytest", "-p", "no:cacheprovider", "--color=no", "-q", "-p", "l
 class Selection:
     tests: list[str]
     needs: list[str]
+    units: int  # what the kernels claim: a test, or a module claimed whole
 
 
 def targets(args: Sequence[str]) -> list[str]:
@@ -62,7 +63,7 @@ def select(args: Sequence[str]) -> Selection | str:
         if proc.returncode not in (0, 5) or not out.exists():
             return (proc.stdout + proc.stderr).strip()
         data = json.loads(out.read_text())
-    return Selection(tests=list(data["tests"]), needs=list(data["needs"]))
+    return Selection(tests=list(data["tests"]), needs=list(data["needs"]), units=int(data["units"]))
 
 
 def build(needs: Sequence[str]) -> None:
@@ -239,7 +240,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (RuntimeError, subprocess.CalledProcessError) as exc:
         print(f"error: building what the tests need failed: {exc}", file=sys.stderr)
         return 1
-    kernels = min(kernels, len(selection.tests))
+    kernels = min(kernels, selection.units)
     try:
         if kernels == 1 or "-s" in args or "--capture=no" in args:
             return run_single(args)

@@ -239,6 +239,7 @@ def test_a_selection_is_collected_on_the_host_with_only_what_it_needs_built() ->
     one = kernelsuite.select(["tests/kernel/test_real_apiserver.py"])
     assert not isinstance(one, str), one
     assert one.needs == ["control-plane"]
+    assert one.units == 1  # claimed whole (CLAIM_WHOLE_MODULE): one kernel is enough
     assert one.tests and all(t.startswith("tests/kernel/test_real_apiserver.py::") for t in one.tests)
     wrong = kernelsuite.select(["--no-such-option"])
     assert isinstance(wrong, str) and "unrecognized arguments" in wrong
