@@ -31,8 +31,7 @@ class Tool:
     package: str
     why: str
     # "suite": the tests or the rig run it, the preflight checks it; "bench": only benches that
-    # compare lvscare with it (they skip that peer when it is missing); "node": run only inside a
-    # node root or an image, never here.
+    # compare lvscare with it (they skip that peer when it is missing).
     use: str = "suite"
 
 
