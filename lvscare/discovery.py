@@ -183,16 +183,13 @@ class Discovery:
         self._saved = state.members
         return state.members
 
-    def save_state(self, members: Sequence[Endpoint]) -> bool:
-        """Write the state file now (in the caller's thread); False, counted and logged once,
-        when it cannot be written."""
+    def save_state(self, members: Sequence[Endpoint]) -> None:
+        """Write the state file now, in the caller's thread; a failure is counted and logged once."""
         try:
             # The CA file may be unreadable right now (being rotated): no file this round.
             self._write_state(State(self.identity(), self.kube.server, self._wall(), tuple(members)))
         except (OSError, UserError) as exc:
             self._state_failed(exc)
-            return False
-        return True
 
     async def remember(self, members: Sequence[Endpoint]) -> None:
         """The state file follows the members: written when they change, never from the event
